@@ -30,7 +30,8 @@
 //   kFp8PerTensor  FP8 E4M3 codes; q = e4m3(O * inv), inv = 1 / scale, with
 //                  the static scale read from *static_scale at run time (a
 //                  device pointer for the CUDA kernel, so a CUDA graph picks
-//                  up scale changes). A scale that is <= 0, NaN or inf is
+//                  up scale changes). A scale that is <= 0, NaN, inf or
+//                  outside [2^-126, 2^126] (see IsValidFp8Scale) is
 //                  rejected by the CPU reference (INVALID_ARGUMENT) and by
 //                  the control plane before it reaches a device; should one
 //                  reach the kernel anyway, every code it writes is NaN.
@@ -135,9 +136,13 @@ absl::Status ValidateMergeConfig(const MergeShape& shape,
 // INVALID_ARGUMENT naming the field on failure. Both backends call it.
 absl::Status ValidateMergeArgs(const MergeArgs& args);
 
-// A static FP8 scale is usable iff it is finite and > 0.
+// A static FP8 scale is usable iff it is finite and > 0 and both the scale
+// and its reciprocal (which the kernels multiply by) are normal floats, i.e.
+// 2^-126 <= scale <= 2^126. A subnormal scale would make 1/scale inf (and
+// 0 * inf = NaN) on the CPU and is flushed to 0 by FTZ GPU code.
 inline bool IsValidFp8Scale(float scale) {
-  return scale > 0.0f && scale <= 3.4028234663852886e38f;
+  return scale >= 1.1754943508222875e-38f &&  // 2^-126
+         scale <= 8.5070591730234616e37f;     // 2^126
 }
 
 }  // namespace dcpmerge

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages dcpmerge builds with, if any is missing.
+# Everything comes from Debian's archive: the Bazel build is fully offline.
+# CUDA is optional: with nvcc in the toolkit's default prefix (or on PATH)
+# the GPU kernel and NCCL data plane are built too.
+set -euo pipefail
+
+PACKAGES=(
+  bazel-bootstrap        # Bazel 4.2.3, uses the system JDK
+  bazel-rules-java       # local rules_java (see WORKSPACE)
+  g++
+  pkg-config
+  libabsl-dev
+  libgrpc++-dev
+  libprotobuf-dev
+  protobuf-compiler
+  protobuf-compiler-grpc # grpc_cpp_plugin
+  libgtest-dev
+  libgmock-dev
+  prometheus-cpp-dev
+  curl                   # metrics endpoint checks in the test suite
+  python3                # manifest checks in the test suite
+  python3-yaml
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed"; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "dcpmerge: all build dependencies are installed."
+  exit 0
+fi
+
+echo "dcpmerge: installing ${missing[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "error: run as root or install sudo" >&2; exit 1; }
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
