@@ -43,8 +43,8 @@
 // amax = max |O| over the block's finite values (NaN and inf are left out
 // of amax: NaN encodes as NaN, inf saturates). Codes: q = e4m3(O * (1/scale)).
 // e4m3 (float8_e4m3fn): round to nearest even, saturate finite values and
-// +-inf to +-448, NaN -> 0x7F | sign; bit-exact with CUDA's
-// __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3).
+// +-inf to +-448, every NaN -> 0x7F (the hardware drops a NaN's sign);
+// bit-exact with CUDA's __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3).
 // out_lse (optional): fp32, same layout and base as the input LSE.
 //
 // Sizes are int64 throughout: T*H*D may exceed 2^31.

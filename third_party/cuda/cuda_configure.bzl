@@ -64,7 +64,8 @@ exports_files(["defs.bzl"])
 
 cc_library(
     name = "cuda_headers",
-    hdrs = glob(["include/**/*.h", "include/**/*.hpp", "include/**/*.inl"]),
+    # All of include/: some headers (nv/target, cccl) have no extension.
+    hdrs = glob(["include/**"]),
     includes = ["include"],
 )
 
