@@ -1,0 +1,331 @@
+#include "client/rank_client.h"
+
+#include <unistd.h>
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+
+namespace dcpmerge {
+namespace {
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) {
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+struct RankClient::Stream {
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::MergeRequest, v1::MergeResponse>> rw;
+  std::thread reader;
+  bool broken = false;  // guarded by RankClient::mu_
+};
+
+absl::StatusOr<std::unique_ptr<RankClient>> RankClient::Connect(RankClientOptions options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("target: empty");
+  if (options.world_size < 1) return absl::InvalidArgumentError("world_size: must be >= 1");
+  if (options.rank < 0 || options.rank >= options.world_size) {
+    return absl::InvalidArgumentError(absl::StrCat("rank: ", options.rank, " is not in 0..",
+                                                   options.world_size - 1));
+  }
+  std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(512 << 20);
+  args.SetMaxSendMessageSize(512 << 20);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  if (options.use_tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_root_ca_file.empty()) {
+      auto ca = ReadFile(options.tls_root_ca_file, "tls_root_ca_file");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    if (!options.tls_client_cert_file.empty()) {
+      auto cert = ReadFile(options.tls_client_cert_file, "tls_client_cert_file");
+      if (!cert.ok()) return cert.status();
+      auto key = ReadFile(options.tls_client_key_file, "tls_client_key_file");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *cert;
+      ssl.pem_private_key = *key;
+    }
+    creds = grpc::SslCredentials(ssl);
+    if (!options.tls_server_name_override.empty()) {
+      args.SetSslTargetNameOverride(options.tls_server_name_override);
+    }
+  }
+  auto channel = grpc::CreateCustomChannel(options.target, creds, args);
+  return std::unique_ptr<RankClient>(new RankClient(std::move(options), std::move(channel)));
+}
+
+RankClient::RankClient(RankClientOptions options, std::shared_ptr<grpc::Channel> channel)
+    : options_(std::move(options)),
+      channel_(std::move(channel)),
+      control_(v1::RankControl::NewStub(channel_)),
+      data_(v1::MergeData::NewStub(channel_)) {}
+
+RankClient::~RankClient() {
+  StopHeartbeat();
+  CloseStream();
+  bool joined;
+  {
+    absl::MutexLock lock(&mu_);
+    joined = joined_;
+  }
+  if (joined) Leave().IgnoreError();
+}
+
+absl::Status RankClient::Join() {
+  StopHeartbeat();
+  CloseStream();  // a stream is bound to a session
+  v1::JoinRequest req;
+  req.set_rank(options_.rank);
+  req.set_world_size(options_.world_size);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  req.set_host(host);
+  req.set_device(options_.device);
+  req.set_pid(getpid());
+  req.set_expected_config_hash(options_.expected_config_hash);
+  req.set_replace_existing(options_.replace_existing);
+  v1::JoinResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.rpc_timeout);
+  ctx.set_wait_for_ready(true);  // the server may still be starting
+  absl::Status st = FromGrpc(control_->Join(&ctx, req, &resp));
+  if (!st.ok()) return st;
+  {
+    absl::MutexLock lock(&mu_);
+    join_ = resp;
+    joined_ = true;
+    config_version_ = resp.config_version();
+    stop_heartbeat_ = false;
+  }
+  if (options_.heartbeat) heartbeat_ = std::thread([this] { HeartbeatLoop(); });
+  return absl::OkStatus();
+}
+
+void RankClient::StopHeartbeat() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_heartbeat_ = true;
+  }
+  if (heartbeat_.joinable()) heartbeat_.join();
+}
+
+void RankClient::HeartbeatLoop() {
+  absl::Duration period;
+  v1::HeartbeatRequest req;
+  {
+    absl::MutexLock lock(&mu_);
+    period = absl::Milliseconds(std::max<int64_t>(1, join_.heartbeat_interval_ms()));
+    req.set_rank(options_.rank);
+    req.set_session_id(join_.session_id());
+  }
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_heartbeat_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopped), period)) return;
+    }
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, options_.rpc_timeout);
+    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
+    absl::MutexLock lock(&mu_);
+    heartbeat_status_ = st;
+    if (st.ok()) config_version_ = resp.config_version();
+  }
+}
+
+absl::Status RankClient::WaitForGroupReady(absl::Duration timeout) {
+  v1::HeartbeatRequest req;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!joined_) return absl::FailedPreconditionError("not joined: call Join() first");
+    req.set_rank(options_.rank);
+    req.set_session_id(join_.session_id());
+  }
+  const absl::Time deadline = absl::Now() + timeout;
+  std::string last = "no answer";
+  while (absl::Now() < deadline) {
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    SetDeadline(&ctx, std::min(options_.rpc_timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1))));
+    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
+    if (st.ok() && resp.group_ready()) return absl::OkStatus();
+    if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) return st;
+    if (st.ok()) last = absl::StrCat("joined ranks: ", absl::StrJoin(resp.joined_ranks(), ","));
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return absl::DeadlineExceededError(absl::StrCat("group not ready after ",
+                                                  absl::FormatDuration(timeout), " (", last, ")"));
+}
+
+absl::Status RankClient::EnsureStream() {
+  if (stream_ != nullptr && !stream_->broken) return absl::OkStatus();
+  if (stream_ != nullptr) {
+    // The reader thread marked it broken and touches nothing after that.
+    if (stream_->reader.joinable()) stream_->reader.join();
+    stream_.reset();
+  }
+  auto s = std::make_shared<Stream>();
+  s->rw = data_->MergeStream(&s->ctx);
+  if (s->rw == nullptr) return absl::UnavailableError("cannot open the merge stream");
+  Stream* raw = s.get();
+  s->reader = std::thread([this, raw] { ReadLoop(raw); });
+  stream_ = std::move(s);
+  return absl::OkStatus();
+}
+
+void RankClient::ReadLoop(Stream* s) {
+  v1::MergeResponse resp;
+  while (s->rw->Read(&resp)) {
+    absl::MutexLock lock(&mu_);
+    auto it = waiters_.find(resp.step());
+    if (it == waiters_.end()) continue;  // timed out already
+    Waiter* w = it->second;
+    waiters_.erase(it);
+    if (resp.status_code() != 0) {
+      w->result = absl::Status(static_cast<absl::StatusCode>(resp.status_code()), resp.status_message());
+    } else {
+      MergeResult r;
+      r.step = resp.step();
+      r.layer = resp.layer();
+      r.num_tokens = resp.num_tokens();
+      r.config_version = resp.config_version();
+      r.head_begin = resp.head_begin();
+      r.head_count = resp.head_count();
+      r.scales.assign(resp.scales().begin(), resp.scales().end());
+      r.output = std::move(*resp.mutable_output());
+      r.lse = std::move(*resp.mutable_lse());
+      w->result = std::move(r);
+    }
+    w->done = true;
+  }
+  absl::Status end = FromGrpc(s->rw->Finish());
+  if (end.ok()) end = absl::UnavailableError("merge stream closed by the server");
+  absl::MutexLock lock(&mu_);
+  for (auto& [step, w] : waiters_) {
+    w->result = absl::Status(end.code(), absl::StrCat("merge stream ended: ", end.message()));
+    w->done = true;
+  }
+  waiters_.clear();
+  s->broken = true;
+}
+
+absl::StatusOr<MergeResult> RankClient::Merge(uint64_t step, int32_t layer, int64_t num_tokens,
+                                              const void* partial_out, size_t partial_out_bytes,
+                                              const float* lse, size_t lse_count) {
+  Waiter w;
+  std::shared_ptr<Stream> stream;
+  v1::MergeRequest req;
+  absl::Duration timeout = options_.merge_timeout;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!joined_) return absl::FailedPreconditionError("not joined: call Join() first");
+    if (waiters_.count(step) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("step: ", step, " is already in flight"));
+    }
+    absl::Status st = EnsureStream();
+    if (!st.ok()) return st;
+    stream = stream_;
+    waiters_[step] = &w;
+    v1::MergeHeader* h = req.mutable_header();
+    h->set_step(step);
+    h->set_layer(layer);
+    h->set_num_tokens(num_tokens);
+    h->set_rank(options_.rank);
+    h->set_session_id(join_.session_id());
+    if (timeout == absl::ZeroDuration()) {
+      timeout = absl::Milliseconds(join_.step_timeout_ms()) + options_.rpc_timeout;
+    }
+  }
+  req.set_partial_out(partial_out, partial_out_bytes);
+  req.set_lse(lse, lse_count * sizeof(float));
+  bool written;
+  {
+    absl::MutexLock lock(&write_mu_);
+    written = stream->rw->Write(req);
+  }
+  absl::MutexLock lock(&mu_);
+  // A failed write means the stream broke: the reader fails every waiter.
+  if (!mu_.AwaitWithTimeout(absl::Condition(&w.done), timeout)) {
+    waiters_.erase(step);
+    return absl::DeadlineExceededError(absl::StrCat(
+        "step ", step, ": no result within ", absl::FormatDuration(timeout),
+        written ? "" : " (write failed)"));
+  }
+  return std::move(w.result);
+}
+
+void RankClient::CloseStream() {
+  std::shared_ptr<Stream> s;
+  {
+    absl::MutexLock lock(&mu_);
+    s = std::move(stream_);
+  }
+  if (s == nullptr) return;
+  {
+    absl::MutexLock lock(&write_mu_);
+    s->rw->WritesDone();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    auto ended = [&s]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return s->broken; };
+    if (!mu_.AwaitWithTimeout(absl::Condition(&ended), absl::Seconds(2))) s->ctx.TryCancel();
+  }
+  if (s->reader.joinable()) s->reader.join();
+}
+
+absl::Status RankClient::Leave() {
+  v1::LeaveRequest req;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!joined_) return absl::FailedPreconditionError("not joined");
+    req.set_rank(options_.rank);
+    req.set_session_id(join_.session_id());
+    joined_ = false;
+  }
+  StopHeartbeat();
+  v1::LeaveResponse resp;
+  grpc::ClientContext ctx;
+  SetDeadline(&ctx, options_.rpc_timeout);
+  return FromGrpc(control_->Leave(&ctx, req, &resp));
+}
+
+v1::JoinResponse RankClient::join_info() const {
+  absl::MutexLock lock(&mu_);
+  return join_;
+}
+
+uint64_t RankClient::last_config_version() const {
+  absl::MutexLock lock(&mu_);
+  return config_version_;
+}
+
+absl::Status RankClient::last_heartbeat_status() const {
+  absl::MutexLock lock(&mu_);
+  return heartbeat_status_;
+}
+
+}  // namespace dcpmerge

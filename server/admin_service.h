@@ -1,0 +1,36 @@
+// Admin: Configure, SetScales, GetConfig, GetStats, Drain. Every call checks
+// the bearer token first (admin_auth.h).
+#ifndef DCPMERGE_SERVER_ADMIN_SERVICE_H_
+#define DCPMERGE_SERVER_ADMIN_SERVICE_H_
+
+#include <functional>
+#include <string>
+
+#include "dcpmerge/v1/admin.grpc.pb.h"
+
+namespace dcpmerge {
+
+class MergeServer;
+
+class AdminService final : public v1::Admin::Service {
+ public:
+  AdminService(MergeServer* server, std::string token);
+
+  grpc::Status Configure(grpc::ServerContext*, const v1::ConfigureRequest*,
+                         v1::ConfigureResponse*) override;
+  grpc::Status SetScales(grpc::ServerContext*, const v1::SetScalesRequest*,
+                         v1::SetScalesResponse*) override;
+  grpc::Status GetConfig(grpc::ServerContext*, const v1::GetConfigRequest*,
+                         v1::GetConfigResponse*) override;
+  grpc::Status GetStats(grpc::ServerContext*, const v1::GetStatsRequest*,
+                        v1::GetStatsResponse*) override;
+  grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override;
+
+ private:
+  MergeServer* const server_;
+  const std::string token_;
+};
+
+}  // namespace dcpmerge
+
+#endif  // DCPMERGE_SERVER_ADMIN_SERVICE_H_

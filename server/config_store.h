@@ -1,0 +1,87 @@
+// Versioned group configuration + static FP8 scale table.
+//
+// Every change (Configure, SetScales) makes a new immutable ConfigSnapshot
+// with a higher version and swaps it in atomically. A step takes the current
+// snapshot when its first part arrives and uses it to the end, so a change
+// applies exactly at a step boundary and a step reports the version it used.
+#ifndef DCPMERGE_SERVER_CONFIG_STORE_H_
+#define DCPMERGE_SERVER_CONFIG_STORE_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "dcpmerge/v1/config.pb.h"
+#include "kernels/merge_contract.h"
+
+namespace dcpmerge {
+
+// Server-side limits on a configuration.
+inline constexpr int64_t kMaxPayloadBytes = 192ll << 20;  // one part's partial output
+
+// A validated GroupConfig in the kernel contract's terms.
+struct GroupSpec {
+  int32_t world_size = 0;
+  int32_t num_heads = 0;
+  int32_t head_size = 0;
+  int64_t max_tokens = 0;
+  MergeConfig merge;
+  bool head_slice = false;  // RETURN_MODE_HEAD_SLICE
+  bool return_lse = false;
+
+  // Wire sizes of one rank's part for T tokens.
+  int64_t PartialOutBytes(int64_t num_tokens) const;
+  int64_t LseBytes(int64_t num_tokens) const;
+};
+
+// Checks every field; INVALID_ARGUMENT naming the field ("config.num_heads").
+absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& config);
+v1::GroupConfig GroupSpecToProto(const GroupSpec& spec);
+// Hash of the shape-defining fields (what a rank must agree with).
+uint64_t GroupSpecHash(const GroupSpec& spec);
+
+// Checks one static scale; INVALID_ARGUMENT naming `field` otherwise.
+absl::Status ValidateScale(float scale, absl::string_view field);
+
+struct ConfigSnapshot {
+  uint64_t version = 0;  // 0: never configured
+  bool configured = false;
+  GroupSpec spec;
+  uint64_t hash = 0;
+  std::map<int32_t, float> layer_scales;
+  float default_scale = 1.0f;
+
+  // The static FP8 scale of a layer (its table entry, else the default).
+  float ScaleForLayer(int32_t layer) const;
+};
+
+class ConfigStore {
+ public:
+  ConfigStore();
+
+  // The current snapshot; never null. Cheap (one shared_ptr copy).
+  std::shared_ptr<const ConfigSnapshot> Current() const;
+
+  // Replaces the configuration (new version). default_scale 0 keeps the
+  // current default. Keeps the scale table.
+  absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> Configure(
+      const v1::GroupConfig& config, float default_scale);
+
+  // Merges (replace=false) or replaces the scale table (new version).
+  // Every scale is checked first; nothing changes on error.
+  absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> SetScales(
+      const std::map<int32_t, float>& layer_scales, bool replace,
+      float default_scale);
+
+ private:
+  mutable absl::Mutex mu_;
+  std::shared_ptr<const ConfigSnapshot> current_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dcpmerge
+
+#endif  // DCPMERGE_SERVER_CONFIG_STORE_H_

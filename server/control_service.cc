@@ -1,0 +1,63 @@
+#include "server/control_service.h"
+
+#include <utility>
+
+#include "server/grpc_status.h"
+
+namespace dcpmerge {
+
+ControlService::ControlService(ConfigStore* config, Group* group, DataPlane* plane,
+                               std::string backend, absl::Duration step_timeout,
+                               std::function<bool()> ready)
+    : config_(config),
+      group_(group),
+      plane_(plane),
+      backend_(std::move(backend)),
+      step_timeout_(step_timeout),
+      ready_(std::move(ready)) {}
+
+grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* req,
+                                  v1::JoinResponse* resp) {
+  std::shared_ptr<const ConfigSnapshot> cfg = config_->Current();
+  JoinInfo info;
+  info.rank = req->rank();
+  info.world_size = req->world_size();
+  info.host = req->host();
+  info.device = req->device();
+  info.pid = req->pid();
+  info.expected_config_hash = req->expected_config_hash();
+  info.replace_existing = req->replace_existing();
+  absl::StatusOr<uint64_t> session = group_->Join(info, *cfg);
+  if (!session.ok()) return ToGrpcStatus(session.status());
+  *resp->mutable_config() = GroupSpecToProto(cfg->spec);
+  resp->set_config_version(cfg->version);
+  resp->set_config_hash(cfg->hash);
+  resp->set_session_id(*session);
+  resp->set_data_plane(plane_->kind());
+  resp->set_nccl_unique_id(plane_->NcclUniqueId());
+  resp->set_server_nccl_rank(cfg->spec.world_size);
+  const int64_t hb = absl::ToInt64Milliseconds(group_->heartbeat_timeout());
+  resp->set_heartbeat_timeout_ms(hb);
+  resp->set_heartbeat_interval_ms(hb / 4 > 0 ? hb / 4 : 1);
+  resp->set_step_timeout_ms(absl::ToInt64Milliseconds(step_timeout_));
+  resp->set_backend(backend_);
+  return grpc::Status::OK;
+}
+
+grpc::Status ControlService::Leave(grpc::ServerContext*, const v1::LeaveRequest* req,
+                                   v1::LeaveResponse*) {
+  return ToGrpcStatus(group_->Leave(req->rank(), req->session_id()));
+}
+
+grpc::Status ControlService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+                                       v1::HeartbeatResponse* resp) {
+  absl::Status st = group_->Heartbeat(req->rank(), req->session_id());
+  if (!st.ok()) return ToGrpcStatus(st);
+  resp->set_config_version(config_->Current()->version);
+  resp->set_group_ready(ready_());
+  resp->set_heartbeat_timeout_ms(absl::ToInt64Milliseconds(group_->heartbeat_timeout()));
+  for (const MemberInfo& m : group_->Members()) resp->add_joined_ranks(m.rank);
+  return grpc::Status::OK;
+}
+
+}  // namespace dcpmerge

@@ -1,0 +1,68 @@
+#include <cstring>
+
+#include "server/data_plane.h"
+
+namespace dcpmerge {
+
+void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
+  out->Clear();
+  out->set_step(r.step);
+  out->set_layer(r.layer);
+  out->set_num_tokens(r.num_tokens);
+  out->set_config_version(r.config_version);
+  out->set_status_code(static_cast<int32_t>(r.status.code()));
+  if (!r.status.ok() || r.config == nullptr) {
+    out->set_status_message(std::string(r.status.message()));
+    return;
+  }
+  const GroupSpec& spec = r.config->spec;
+  const int64_t T = r.num_tokens;
+  const int64_t H = spec.num_heads;
+  const int64_t D = spec.head_size;
+  int64_t hb = 0, hc = H;
+  if (spec.head_slice) {
+    if (rank < 0 || rank >= spec.world_size) {
+      out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
+      out->set_status_message("header.rank: the stream is not bound to a rank of the group");
+      return;
+    }
+    hc = H / spec.world_size;
+    hb = int64_t{rank} * hc;
+  }
+  out->set_head_begin(static_cast<int32_t>(hb));
+  out->set_head_count(static_cast<int32_t>(hc));
+  const bool fp8 = spec.merge.output_mode != OutputMode::kPassthrough;
+  const int64_t es = fp8 ? 1 : (spec.merge.input_dtype == DType::kFloat32 ? 4 : 2);
+  if (hc == H) {
+    out->set_output(r.output.data(), r.output.size());
+    for (float s : r.scales) out->add_scales(s);
+    if (!r.lse.empty()) out->set_lse(r.lse.data(), r.lse.size() * sizeof(float));
+    return;
+  }
+  // Head slice: rows [hb, hb+hc) of every token.
+  std::string* o = out->mutable_output();
+  o->resize(T * hc * D * es);
+  for (int64_t t = 0; t < T; ++t) {
+    memcpy(o->data() + t * hc * D * es, r.output.data() + (t * H + hb) * D * es, hc * D * es);
+  }
+  if (spec.merge.output_mode == OutputMode::kFp8PerGroup) {
+    const int64_t g = D / spec.merge.group_size;
+    for (int64_t t = 0; t < T; ++t) {
+      for (int64_t i = 0; i < hc * g; ++i) out->add_scales(r.scales[(t * H + hb) * g + i]);
+    }
+  } else {
+    for (float s : r.scales) out->add_scales(s);
+  }
+  if (!r.lse.empty()) {
+    std::string* l = out->mutable_lse();
+    l->resize(T * hc * sizeof(float));
+    float* dst = reinterpret_cast<float*>(l->data());
+    if (spec.merge.lse_layout == LseLayout::kHeadsTokens) {
+      memcpy(dst, r.lse.data() + hb * T, hc * T * sizeof(float));
+    } else {
+      for (int64_t t = 0; t < T; ++t) memcpy(dst + t * hc, r.lse.data() + t * H + hb, hc * sizeof(float));
+    }
+  }
+}
+
+}  // namespace dcpmerge

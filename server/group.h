@@ -1,0 +1,103 @@
+// Membership of the DCP group: who joined as which rank, their sessions and
+// heartbeat deadlines, and whether the group is complete (all N ranks).
+//
+// Thread-safe. Callbacks (on_lost, on_change) run on the calling thread or
+// the watchdog thread, never with the group's lock held.
+#ifndef DCPMERGE_SERVER_GROUP_H_
+#define DCPMERGE_SERVER_GROUP_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/config_store.h"
+
+namespace dcpmerge {
+
+struct MemberInfo {
+  int32_t rank = -1;
+  std::string host;
+  std::string device;
+  int64_t pid = 0;
+  uint64_t session_id = 0;
+  absl::Time last_heartbeat;
+};
+
+struct JoinInfo {
+  int32_t rank = -1;
+  int32_t world_size = 0;
+  std::string host;
+  std::string device;
+  int64_t pid = 0;
+  uint64_t expected_config_hash = 0;
+  bool replace_existing = false;
+};
+
+class Group {
+ public:
+  // Called when a member is dropped (left, heartbeat missed, stream lost,
+  // replaced): the reason is an UNAVAILABLE status naming the rank.
+  using LostFn = std::function<void(int32_t rank, const absl::Status& reason)>;
+  // Called after any membership change.
+  using ChangeFn = std::function<void()>;
+
+  explicit Group(absl::Duration heartbeat_timeout);
+  ~Group();  // stops the watchdog
+
+  void SetCallbacks(LostFn on_lost, ChangeFn on_change);
+  // Starts the heartbeat watchdog thread (checks every timeout/8, >= 5 ms).
+  void StartWatchdog();
+  void StopWatchdog();
+
+  // Joins against the given configuration. Returns the new session id.
+  absl::StatusOr<uint64_t> Join(const JoinInfo& info, const ConfigSnapshot& config);
+  absl::Status Leave(int32_t rank, uint64_t session_id);
+  absl::Status Heartbeat(int32_t rank, uint64_t session_id);
+  // OK when `session_id` is the live session of `rank`. FAILED_PRECONDITION
+  // when the rank never joined, UNAVAILABLE when the session has ended.
+  absl::Status CheckSession(int32_t rank, uint64_t session_id) const;
+  // Drops a member whose session is `session_id` (no-op when it is not the
+  // live one): used when its data stream breaks.
+  void MarkLost(int32_t rank, uint64_t session_id, absl::string_view why);
+  // Drops every member (configuration changed shape); world size becomes n.
+  void Reset(int32_t world_size, absl::string_view why);
+  // Drops members silent for longer than the heartbeat timeout.
+  void ExpireStale(absl::Time now);
+
+  bool Complete() const;
+  std::vector<int32_t> MissingRanks() const;
+  std::vector<MemberInfo> Members() const;
+  absl::Duration heartbeat_timeout() const { return heartbeat_timeout_; }
+
+ private:
+  struct Slot {
+    bool joined = false;
+    MemberInfo info;
+  };
+  // Drops slot `rank` (lock held); appends the notification to `lost`.
+  void DropLocked(int32_t rank, absl::Status reason,
+                  std::vector<std::pair<int32_t, absl::Status>>* lost)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Notify(const std::vector<std::pair<int32_t, absl::Status>>& lost, bool changed);
+  void WatchdogLoop();
+
+  const absl::Duration heartbeat_timeout_;
+  mutable absl::Mutex mu_;
+  std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_session_ ABSL_GUARDED_BY(mu_);
+  LostFn on_lost_;
+  ChangeFn on_change_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread watchdog_;
+};
+
+}  // namespace dcpmerge
+
+#endif  // DCPMERGE_SERVER_GROUP_H_

@@ -1,0 +1,199 @@
+// dcpmerge_server: merges the partial attention outputs of a DCP group.
+//
+//   dcpmerge_server --world_size=4 --num_heads=16 --head_size=512 \
+//       --max_tokens=64 --input_dtype=bf16 --output_mode=fp8_per_tensor
+//
+// Without the shape flags it starts unconfigured; Configure it through the
+// admin service. SIGTERM/SIGINT: graceful shutdown, exit 0.
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "server/admin_auth.h"
+#include "server/log.h"
+#include "server/merge_server.h"
+
+ABSL_FLAG(std::string, rank_address, "0.0.0.0:50051",
+          "Listener for the ranks (RankControl, MergeData); port 0 picks one");
+ABSL_FLAG(std::string, admin_address, "127.0.0.1:50052",
+          "Listener for operators (Admin); keep it on loopback or behind TLS");
+ABSL_FLAG(std::string, admin_token_file, "",
+          "File holding the admin bearer token (else env DCPMERGE_ADMIN_TOKEN)");
+ABSL_FLAG(std::string, tls_cert_file, "", "PEM server certificate (enables TLS)");
+ABSL_FLAG(std::string, tls_key_file, "", "PEM server private key");
+ABSL_FLAG(std::string, tls_client_ca_file, "", "PEM CA for client certificates (mTLS)");
+ABSL_FLAG(int32_t, world_size, 0, "Initial config: DCP ranks N (0: start unconfigured)");
+ABSL_FLAG(int32_t, num_heads, 0, "Initial config: heads H");
+ABSL_FLAG(int32_t, head_size, 0, "Initial config: head size D");
+ABSL_FLAG(int64_t, max_tokens, 0, "Initial config: largest tokens per step T");
+ABSL_FLAG(std::string, input_dtype, "bf16", "Initial config: bf16 | fp16 | fp32");
+ABSL_FLAG(std::string, lse_base, "e", "Initial config: LSE base, e | 2");
+ABSL_FLAG(std::string, lse_layout, "heads_tokens",
+          "Initial config: LSE layout, heads_tokens ([H,T]) | tokens_heads ([T,H])");
+ABSL_FLAG(std::string, output_mode, "fp8_per_tensor",
+          "Initial config: fp8_per_tensor | fp8_per_token | fp8_per_group | passthrough");
+ABSL_FLAG(int32_t, group_size, 128, "Initial config: fp8_per_group group size, 64 | 128");
+ABSL_FLAG(bool, power_of_two_scales, false, "Initial config: dynamic scales rounded up to 2^k");
+ABSL_FLAG(std::string, return_mode, "full", "Initial config: full | head_slice");
+ABSL_FLAG(bool, return_lse, false, "Initial config: also return the merged LSE");
+ABSL_FLAG(float, default_scale, 1.0f, "Initial static FP8 scale for layers without one");
+ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto | cpu | cuda");
+ABSL_FLAG(int32_t, cpu_threads, 0, "CPU backend worker threads (0: all cores)");
+ABSL_FLAG(std::string, data_plane, "grpc", "Data plane: grpc | nccl");
+ABSL_FLAG(int64_t, heartbeat_timeout_ms, 10000, "Drop a rank silent this long");
+ABSL_FLAG(int64_t, step_timeout_ms, 5000, "Fail a step not complete this long after its first part");
+ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "Default Drain wait");
+ABSL_FLAG(int64_t, max_pending_steps, 256, "Steps collecting parts at once (beyond: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(std::string, metrics_address, "", "Reserved: Prometheus endpoint (not served yet)");
+ABSL_FLAG(std::string, ready_file, "",
+          "Once serving, write \"<rank_port> <admin_port>\\n\" to this file (for supervisors and tests)");
+ABSL_FLAG(bool, quiet, false, "Only warnings and errors on stderr");
+
+namespace dcpmerge {
+namespace {
+
+template <typename E>
+bool Pick(const std::string& flag, const std::string& value,
+          std::initializer_list<std::pair<const char*, E>> choices, E* out, std::string* err) {
+  const std::string v = absl::AsciiStrToLower(value);
+  std::string names;
+  for (const auto& [name, e] : choices) {
+    if (v == name) {
+      *out = e;
+      return true;
+    }
+    absl::StrAppend(&names, names.empty() ? "" : " | ", name);
+  }
+  *err = absl::StrCat("--", flag, ": '", value, "' is not one of ", names);
+  return false;
+}
+
+bool InitialConfig(v1::GroupConfig* c, std::string* err) {
+  c->set_world_size(absl::GetFlag(FLAGS_world_size));
+  c->set_num_heads(absl::GetFlag(FLAGS_num_heads));
+  c->set_head_size(absl::GetFlag(FLAGS_head_size));
+  c->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+  v1::DType dt;
+  v1::LseBase base;
+  v1::LseLayout layout;
+  v1::OutputMode mode;
+  v1::ReturnMode ret;
+  if (!Pick<v1::DType>("input_dtype", absl::GetFlag(FLAGS_input_dtype),
+                       {{"bf16", v1::DTYPE_BFLOAT16}, {"fp16", v1::DTYPE_FLOAT16}, {"fp32", v1::DTYPE_FLOAT32}},
+                       &dt, err) ||
+      !Pick<v1::LseBase>("lse_base", absl::GetFlag(FLAGS_lse_base),
+                         {{"e", v1::LSE_BASE_E}, {"2", v1::LSE_BASE_2}}, &base, err) ||
+      !Pick<v1::LseLayout>("lse_layout", absl::GetFlag(FLAGS_lse_layout),
+                           {{"heads_tokens", v1::LSE_LAYOUT_HEADS_TOKENS},
+                            {"tokens_heads", v1::LSE_LAYOUT_TOKENS_HEADS}},
+                           &layout, err) ||
+      !Pick<v1::OutputMode>("output_mode", absl::GetFlag(FLAGS_output_mode),
+                            {{"fp8_per_tensor", v1::OUTPUT_MODE_FP8_PER_TENSOR},
+                             {"fp8_per_token", v1::OUTPUT_MODE_FP8_PER_TOKEN},
+                             {"fp8_per_group", v1::OUTPUT_MODE_FP8_PER_GROUP},
+                             {"passthrough", v1::OUTPUT_MODE_PASSTHROUGH}},
+                            &mode, err) ||
+      !Pick<v1::ReturnMode>("return_mode", absl::GetFlag(FLAGS_return_mode),
+                            {{"full", v1::RETURN_MODE_FULL}, {"head_slice", v1::RETURN_MODE_HEAD_SLICE}},
+                            &ret, err)) {
+    return false;
+  }
+  c->set_input_dtype(dt);
+  c->set_lse_base(base);
+  c->set_lse_layout(layout);
+  c->set_output_mode(mode);
+  c->set_group_size(absl::GetFlag(FLAGS_group_size));
+  c->set_power_of_two_scales(absl::GetFlag(FLAGS_power_of_two_scales));
+  c->set_return_mode(ret);
+  c->set_return_lse(absl::GetFlag(FLAGS_return_lse));
+  return true;
+}
+
+int Run() {
+  SetLogQuiet(absl::GetFlag(FLAGS_quiet));
+  // Signals go to sigwait below, never to a random thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  MergeServerOptions o;
+  o.rank_address = absl::GetFlag(FLAGS_rank_address);
+  o.admin_address = absl::GetFlag(FLAGS_admin_address);
+  auto token = LoadAdminToken(absl::GetFlag(FLAGS_admin_token_file));
+  if (!token.ok()) {
+    LogError("%s", token.status().ToString());
+    return 2;
+  }
+  o.admin_token = *token;
+  o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
+  o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
+  o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
+  if (absl::GetFlag(FLAGS_world_size) != 0) {
+    v1::GroupConfig c;
+    std::string err;
+    if (!InitialConfig(&c, &err)) {
+      LogError("%s", err);
+      return 2;
+    }
+    o.initial_config = c;
+    o.initial_default_scale = absl::GetFlag(FLAGS_default_scale);
+  }
+  o.backend = absl::GetFlag(FLAGS_backend);
+  o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  o.data_plane = absl::GetFlag(FLAGS_data_plane);
+  o.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
+  o.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
+  o.drain_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
+  o.max_pending_steps = static_cast<size_t>(absl::GetFlag(FLAGS_max_pending_steps));
+  if (o.heartbeat_timeout <= absl::ZeroDuration() || o.step_timeout <= absl::ZeroDuration() ||
+      o.max_pending_steps < 1) {
+    LogError("--heartbeat_timeout_ms, --step_timeout_ms and --max_pending_steps must be > 0");
+    return 2;
+  }
+  if (!absl::GetFlag(FLAGS_metrics_address).empty()) {
+    LogWarning("--metrics_address is reserved; metrics are not served yet (use Admin.GetStats)");
+  }
+
+  auto server = MergeServer::Start(o);
+  if (!server.ok()) {
+    LogError("cannot start: %s", server.status().ToString());
+    return 1;
+  }
+  if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
+    const std::string tmp = f + ".tmp";
+    std::ofstream(tmp) << (*server)->rank_port() << " " << (*server)->admin_port() << "\n";
+    std::rename(tmp.c_str(), f.c_str());
+  }
+  int sig = 0;
+  sigwait(&signals, &sig);
+  LogInfo("signal %d: graceful shutdown", sig);
+  (*server)->Shutdown();
+  server->reset();
+  return 0;
+}
+
+}  // namespace
+}  // namespace dcpmerge
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "dcpmerge_server: fused N-way attention merge + FP8 for a DCP group");
+  absl::ParseCommandLine(argc, argv);
+  // Per-step buffers are MBs: keep freed memory in the heap instead of
+  // returning it to the kernel (fresh pages fault on every step otherwise).
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  return dcpmerge::Run();
+}

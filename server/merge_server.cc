@@ -1,0 +1,245 @@
+#include "server/merge_server.h"
+
+#include <fstream>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "server/admin_service.h"
+#include "server/control_service.h"
+#include "server/grpc_data_plane.h"
+#include "server/log.h"
+
+namespace dcpmerge {
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view flag) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
+    const MergeServerOptions& o) {
+  if (o.tls_cert_file.empty() && o.tls_key_file.empty()) {
+    if (!o.tls_client_ca_file.empty()) {
+      return absl::InvalidArgumentError("tls_client_ca_file: needs --tls_cert_file and --tls_key_file");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_cert_file.empty() || o.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("tls_cert_file/tls_key_file: set both or neither");
+  }
+  auto cert = ReadFile(o.tls_cert_file, "tls_cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadFile(o.tls_key_file, "tls_key_file");
+  if (!key.ok()) return key.status();
+  grpc::SslServerCredentialsOptions ssl;
+  ssl.pem_key_cert_pairs.push_back({*key, *cert});
+  if (!o.tls_client_ca_file.empty()) {
+    auto ca = ReadFile(o.tls_client_ca_file, "tls_client_ca_file");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  return grpc::SslServerCredentials(ssl);
+}
+
+}  // namespace
+
+MergeServer::MergeServer(MergeServerOptions options) : options_(std::move(options)) {}
+
+MergeServer::~MergeServer() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(MergeServerOptions options) {
+  std::unique_ptr<MergeServer> s(new MergeServer(std::move(options)));
+  absl::Status st = s->Init();
+  if (!st.ok()) return st;
+  return s;
+}
+
+absl::Status MergeServer::Init() {
+  if (options_.data_plane != "grpc") {
+    if (options_.data_plane == "nccl") {
+      return absl::UnimplementedError(
+          "data_plane: nccl is not implemented in this build yet; use --data_plane=grpc");
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("data_plane: '", options_.data_plane, "' is not grpc or nccl"));
+  }
+  auto backend = MakeComputeBackend(options_.backend, options_.cpu_threads, &backend_reason_);
+  if (!backend.ok()) return backend.status();
+  backend_ = std::move(*backend);
+  backend_name_ = backend_->name();
+  LogInfo("compute backend: %s", backend_reason_);
+
+  if (options_.initial_config.has_value()) {
+    auto snap = config_.Configure(*options_.initial_config, options_.initial_default_scale);
+    if (!snap.ok()) return snap.status();
+  }
+
+  group_ = std::make_unique<Group>(options_.heartbeat_timeout);
+  StepCollector::Options co;
+  co.step_timeout = options_.step_timeout;
+  co.max_pending_steps = options_.max_pending_steps;
+  collector_ = std::make_unique<StepCollector>(&config_, group_.get(), backend_.get(), &stats_, co);
+  group_->SetCallbacks(
+      [this](int32_t, const absl::Status& reason) { collector_->FailPending(reason); },
+      [this] {
+        collector_->ForgetFinished();
+        UpdateHealth();
+      });
+  collector_->Start();
+  group_->StartWatchdog();
+
+  auto grpc_plane = std::make_unique<GrpcDataPlane>(collector_.get(), group_.get(), &stats_);
+  GrpcDataPlane* plane_service = grpc_plane.get();
+  plane_ = std::move(grpc_plane);
+  control_service_ = std::make_unique<ControlService>(
+      &config_, group_.get(), plane_.get(), backend_name_, options_.step_timeout,
+      [this] { return Ready(); });
+  admin_service_ = std::make_unique<AdminService>(this, options_.admin_token);
+  if (options_.admin_token.empty()) {
+    LogWarning("no admin token (--admin_token_file or DCPMERGE_ADMIN_TOKEN): admin calls are refused");
+  }
+
+  auto creds = MakeCredentials(options_);
+  if (!creds.ok()) return creds.status();
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  const int max_msg = static_cast<int>(2 * kMaxPayloadBytes + (16 << 20));
+
+  grpc::ServerBuilder rank_builder;
+  rank_builder.AddListeningPort(options_.rank_address, *creds, &rank_port_);
+  rank_builder.RegisterService(control_service_.get());
+  rank_builder.RegisterService(plane_service);
+  rank_builder.SetMaxReceiveMessageSize(max_msg);
+  rank_builder.SetMaxSendMessageSize(max_msg);
+  // Partials are MBs per step: start with a large stream window instead of
+  // waiting for BDP probing to grow it from 64 KiB.
+  rank_builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  rank_server_ = rank_builder.BuildAndStart();
+  if (rank_server_ == nullptr || rank_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("rank_address: cannot listen on ", options_.rank_address));
+  }
+  grpc::ServerBuilder admin_builder;
+  admin_builder.AddListeningPort(options_.admin_address, *creds, &admin_port_);
+  admin_builder.RegisterService(admin_service_.get());
+  admin_server_ = admin_builder.BuildAndStart();
+  if (admin_server_ == nullptr || admin_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("admin_address: cannot listen on ", options_.admin_address));
+  }
+  UpdateHealth();
+  LogInfo("rank listener on port %d (RankControl, MergeData), admin listener on port %d, data plane grpc",
+          rank_port_, admin_port_);
+  return absl::OkStatus();
+}
+
+bool MergeServer::Ready() const {
+  return config_.Current()->configured && group_->Complete() && plane_->Up() &&
+         !draining_.load() && !shut_down_.load();
+}
+
+void MergeServer::UpdateHealth() {
+  absl::MutexLock lock(&health_mu_);
+  const bool ready = Ready();
+  for (grpc::Server* s : {rank_server_.get(), admin_server_.get()}) {
+    if (s == nullptr || s->GetHealthCheckService() == nullptr) continue;
+    s->GetHealthCheckService()->SetServingStatus("", true);
+    s->GetHealthCheckService()->SetServingStatus(kMergeHealthService, ready);
+  }
+}
+
+absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::Configure(
+    const v1::GroupConfig& config, float default_scale) {
+  const std::shared_ptr<const ConfigSnapshot> before = config_.Current();
+  auto snap = config_.Configure(config, default_scale);
+  if (!snap.ok()) return snap;
+  LogInfo("configured: version %u, world_size %d, heads %d, head_size %d, max_tokens %d",
+          (*snap)->version, (*snap)->spec.world_size, (*snap)->spec.num_heads,
+          (*snap)->spec.head_size, (*snap)->spec.max_tokens);
+  if (!before->configured || before->hash != (*snap)->hash) {
+    group_->Reset((*snap)->spec.world_size, "group configuration changed; join again");
+  }
+  draining_.store(false);
+  if (!shut_down_.load()) collector_->Resume();
+  UpdateHealth();
+  return snap;
+}
+
+absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::SetScales(
+    const std::map<int32_t, float>& scales, bool replace, float default_scale) {
+  auto snap = config_.SetScales(scales, replace, default_scale);
+  if (snap.ok()) LogInfo("scales updated: version %u (%d layers)", (*snap)->version, (*snap)->layer_scales.size());
+  return snap;
+}
+
+void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
+  const std::shared_ptr<const ConfigSnapshot> c = config_.Current();
+  out->set_configured(c->configured);
+  if (c->configured) *out->mutable_config() = GroupSpecToProto(c->spec);
+  out->set_config_version(c->version);
+  out->set_config_hash(c->hash);
+  for (const auto& [layer, scale] : c->layer_scales) (*out->mutable_layer_scales())[layer] = scale;
+  out->set_default_scale(c->default_scale);
+  const absl::Time now = absl::Now();
+  for (const MemberInfo& m : group_->Members()) {
+    v1::Member* pm = out->add_members();
+    pm->set_rank(m.rank);
+    pm->set_host(m.host);
+    pm->set_device(m.device);
+    pm->set_pid(m.pid);
+    pm->set_session_id(m.session_id);
+    pm->set_last_heartbeat_age_ms(absl::ToInt64Milliseconds(now - m.last_heartbeat));
+  }
+  out->set_group_ready(Ready());
+  out->set_backend(backend_name_);
+  out->set_data_plane(plane_->kind());
+  out->set_draining(draining_.load());
+}
+
+v1::GetStatsResponse MergeServer::GetStats() const {
+  v1::GetStatsResponse r = stats_.Snapshot();
+  r.set_steps_in_flight(collector_->InFlight());
+  return r;
+}
+
+v1::DrainResponse MergeServer::Drain(absl::Duration timeout) {
+  if (timeout == absl::ZeroDuration()) timeout = options_.drain_timeout;
+  draining_.store(true);
+  collector_->StopAccepting(absl::UnavailableError("server draining"));
+  UpdateHealth();
+  const bool idle = collector_->WaitIdle(timeout);
+  v1::DrainResponse r;
+  r.set_drained(idle);
+  r.set_steps_in_flight(collector_->InFlight());
+  LogInfo("drain: %s, %d step(s) in flight", idle ? "idle" : "timed out", r.steps_in_flight());
+  return r;
+}
+
+void MergeServer::Shutdown() {
+  if (shut_down_.exchange(true)) return;
+  if (rank_server_ == nullptr) {  // Init failed part way
+    if (collector_) collector_->Stop();
+    if (group_) group_->StopWatchdog();
+    return;
+  }
+  LogInfo("shutting down: failing in-flight steps, closing streams");
+  UpdateHealth();
+  collector_->Stop();
+  plane_->Stop();
+  const absl::Time deadline = absl::Now() + absl::Seconds(2);
+  rank_server_->Shutdown(absl::ToChronoTime(deadline));
+  if (admin_server_ != nullptr) admin_server_->Shutdown(absl::ToChronoTime(deadline));
+  group_->StopWatchdog();
+  LogInfo("shutdown complete");
+}
+
+}  // namespace dcpmerge

@@ -1,0 +1,82 @@
+#include "server/stats.h"
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+
+namespace dcpmerge {
+
+void LatencyWindow::Add(double us) {
+  samples_[next_] = us;
+  next_ = (next_ + 1) % samples_.size();
+  count_ = std::min(count_ + 1, samples_.size());
+}
+
+v1::LatencySummary LatencyWindow::Summary() const {
+  v1::LatencySummary s;
+  s.set_count(count_);
+  if (count_ == 0) return s;
+  std::vector<double> v(samples_.begin(), samples_.begin() + count_);
+  std::sort(v.begin(), v.end());
+  auto pct = [&v](double p) {
+    size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
+    return v[std::min(i, v.size() - 1)];
+  };
+  s.set_p50_us(pct(0.50));
+  s.set_p90_us(pct(0.90));
+  s.set_p99_us(pct(0.99));
+  s.set_max_us(v.back());
+  return s;
+}
+
+void Stats::RecordLatency(Phase phase, absl::Duration d) {
+  absl::MutexLock lock(&mu_);
+  phases_[static_cast<int>(phase)].Add(absl::ToDoubleMicroseconds(d));
+}
+
+void Stats::AddBytesIn(uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  bytes_in_ += n;
+}
+
+void Stats::AddBytesOut(uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  bytes_out_ += n;
+}
+
+void Stats::AddSaturated(uint64_t n) {
+  absl::MutexLock lock(&mu_);
+  saturated_ += n;
+}
+
+void Stats::RecordStep(const absl::Status& status) {
+  absl::MutexLock lock(&mu_);
+  if (status.ok()) {
+    ++steps_ok_;
+  } else {
+    ++steps_failed_;
+  }
+}
+
+void Stats::RecordErrorResponse(absl::StatusCode code) {
+  absl::MutexLock lock(&mu_);
+  ++errors_[absl::StatusCodeToString(code)];
+}
+
+v1::GetStatsResponse Stats::Snapshot() const {
+  absl::MutexLock lock(&mu_);
+  v1::GetStatsResponse r;
+  r.set_steps_ok(steps_ok_);
+  r.set_steps_failed(steps_failed_);
+  r.set_bytes_in(bytes_in_);
+  r.set_bytes_out(bytes_out_);
+  r.set_fp8_saturated(saturated_);
+  *r.mutable_receive() = phases_[0].Summary();
+  *r.mutable_merge() = phases_[1].Summary();
+  *r.mutable_send() = phases_[2].Summary();
+  *r.mutable_total() = phases_[3].Summary();
+  for (const auto& [code, n] : errors_) (*r.mutable_errors_by_code())[code] = n;
+  return r;
+}
+
+}  // namespace dcpmerge

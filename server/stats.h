@@ -1,0 +1,60 @@
+// Server statistics: step counts, bytes, latency percentiles per phase and
+// errors by status code. Thread-safe; recording is a short critical section.
+#ifndef DCPMERGE_SERVER_STATS_H_
+#define DCPMERGE_SERVER_STATS_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "dcpmerge/v1/admin.pb.h"
+
+namespace dcpmerge {
+
+enum class Phase { kReceive = 0, kMerge = 1, kSend = 2, kTotal = 3 };
+
+// Percentiles over the most recent `window` samples.
+class LatencyWindow {
+ public:
+  explicit LatencyWindow(size_t window = 8192) : samples_(window) {}
+  void Add(double us);
+  v1::LatencySummary Summary() const;
+
+ private:
+  std::vector<double> samples_;
+  size_t next_ = 0;
+  size_t count_ = 0;
+};
+
+class Stats {
+ public:
+  void RecordLatency(Phase phase, absl::Duration d);
+  void AddBytesIn(uint64_t n);
+  void AddBytesOut(uint64_t n);
+  void AddSaturated(uint64_t n);
+  // One step finished (its merged result or its failure), once per step.
+  void RecordStep(const absl::Status& status);
+  // One error response sent to a rank, by code.
+  void RecordErrorResponse(absl::StatusCode code);
+  v1::GetStatsResponse Snapshot() const;
+
+ private:
+  mutable absl::Mutex mu_;
+  uint64_t steps_ok_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t steps_failed_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_in_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_out_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t saturated_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
+  std::array<LatencyWindow, 4> phases_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace dcpmerge
+
+#endif  // DCPMERGE_SERVER_STATS_H_

@@ -1,0 +1,392 @@
+#include "server/step_collector.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "server/log.h"
+
+namespace dcpmerge {
+
+StepCollector::StepCollector(ConfigStore* config, Group* group,
+                             ComputeBackend* backend, Stats* stats,
+                             Options options)
+    : config_(config),
+      group_(group),
+      backend_(backend),
+      stats_(stats),
+      options_(options) {}
+
+StepCollector::~StepCollector() { Stop(); }
+
+void StepCollector::Start() {
+  if (started_) return;
+  started_ = true;
+  merge_thread_ = std::thread([this] { MergeLoop(); });
+  sweep_thread_ = std::thread([this] { SweepLoop(); });
+}
+
+void StepCollector::Stop() {
+  const absl::Status reason = absl::UnavailableError("server shutting down");
+  std::vector<Notification> notes;
+  {
+    absl::MutexLock lock(&mu_);
+    refuse_ = reason;
+    while (!pending_.empty()) FailLocked(pending_.begin()->first, reason, &notes);
+    stop_ = true;
+  }
+  Deliver(notes);
+  if (merge_thread_.joinable()) merge_thread_.join();
+  if (sweep_thread_.joinable()) sweep_thread_.join();
+  // Steps that were ready but never merged (stop raced the merge thread).
+  std::deque<Pending> left;
+  {
+    absl::MutexLock lock(&mu_);
+    left.swap(ready_);
+  }
+  for (Pending& p : left) {
+    for (Waiter& w : p.waiters) {
+      notes.emplace_back(std::move(w.done), ErrorResult(reason, p.first, p.config.get()));
+    }
+  }
+  Deliver(notes);
+}
+
+std::shared_ptr<StepResult> StepCollector::ErrorResult(
+    const absl::Status& status, const v1::MergeHeader& header,
+    const ConfigSnapshot* config) {
+  auto r = std::make_shared<StepResult>();
+  r->status = status;
+  r->step = header.step();
+  r->layer = header.layer();
+  r->num_tokens = header.num_tokens();
+  r->config_version = config != nullptr ? config->version : 0;
+  return r;
+}
+
+void StepCollector::Deliver(std::vector<Notification>& notes) {
+  for (auto& [done, result] : notes) {
+    if (!result->status.ok()) stats_->RecordErrorResponse(result->status.code());
+    if (done) done(std::move(result));
+  }
+  notes.clear();
+}
+
+void StepCollector::RememberLocked(uint64_t step, const absl::Status& status) {
+  if (finished_.emplace(step, status).second) finished_order_.push_back(step);
+  while (finished_order_.size() > options_.finished_memory) {
+    finished_.erase(finished_order_.front());
+    finished_order_.pop_front();
+  }
+}
+
+void StepCollector::FailLocked(uint64_t step, const absl::Status& status,
+                               std::vector<Notification>* out) {
+  auto it = pending_.find(step);
+  if (it == pending_.end()) return;
+  Pending& p = it->second;
+  for (Waiter& w : p.waiters) {
+    out->emplace_back(std::move(w.done), ErrorResult(status, p.first, p.config.get()));
+  }
+  stats_->RecordStep(status);
+  RememberLocked(step, status);
+  pending_.erase(it);
+}
+
+absl::Status StepCollector::CheckPart(const StepPart& part,
+                                      const Pending& p) const {
+  const GroupSpec& spec = p.config->spec;
+  const v1::MergeHeader& h = part.header;
+  const int32_t rank = h.rank();
+  if (h.num_tokens() < 0 || h.num_tokens() > spec.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.num_tokens: rank ", rank, " sent ", h.num_tokens(),
+        ", must be in 0..max_tokens (", spec.max_tokens, ")"));
+  }
+  if (h.layer() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "header.layer: rank ", rank, " sent ", h.layer(), ", must be >= 0"));
+  }
+  const int64_t want_out = spec.PartialOutBytes(h.num_tokens());
+  if (static_cast<int64_t>(part.partial_out.size()) != want_out) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "partial_out: rank ", rank, " sent ", part.partial_out.size(),
+        " bytes, expected ", want_out, " (num_tokens ", h.num_tokens(),
+        " x num_heads ", spec.num_heads, " x head_size ", spec.head_size,
+        " x ", DTypeName(spec.merge.input_dtype), ")"));
+  }
+  const int64_t want_lse = spec.LseBytes(h.num_tokens());
+  if (static_cast<int64_t>(part.lse.size()) != want_lse) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lse: rank ", rank, " sent ", part.lse.size(), " bytes, expected ",
+        want_lse, " (num_tokens ", h.num_tokens(), " x num_heads ",
+        spec.num_heads, " x 4)"));
+  }
+  if (p.received > 0) {
+    if (p.have[rank]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.rank: rank ", rank, " sent step ", p.step, " twice"));
+    }
+    if (h.num_tokens() != p.first.num_tokens()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.num_tokens: rank ", rank, " sent ", h.num_tokens(), ", rank ",
+          p.first.rank(), " sent ", p.first.num_tokens(), " for step ", p.step));
+    }
+    if (h.layer() != p.first.layer()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "header.layer: rank ", rank, " sent ", h.layer(), ", rank ",
+          p.first.rank(), " sent ", p.first.layer(), " for step ", p.step));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void StepCollector::Submit(StepPart part, StepDone done) {
+  const v1::MergeHeader header = part.header;
+  std::shared_ptr<const ConfigSnapshot> current = config_->Current();
+  auto reject = [&](const absl::Status& st) {
+    std::vector<Notification> notes;
+    notes.emplace_back(std::move(done), ErrorResult(st, header, current.get()));
+    Deliver(notes);
+  };
+  absl::Status refused;
+  {
+    absl::MutexLock lock(&mu_);
+    refused = refuse_;
+  }
+  if (!refused.ok()) return reject(refused);
+  if (!current->configured) {
+    return reject(absl::FailedPreconditionError("server not configured"));
+  }
+  const int32_t rank = header.rank();
+  if (rank < 0 || rank >= current->spec.world_size) {
+    return reject(absl::InvalidArgumentError(absl::StrCat(
+        "header.rank: ", rank, " is not in 0..", current->spec.world_size - 1)));
+  }
+  if (absl::Status st = group_->CheckSession(rank, header.session_id()); !st.ok()) {
+    return reject(st);
+  }
+  if (!group_->Complete()) {
+    return reject(absl::UnavailableError(absl::StrCat(
+        "group not ready: rank(s) ", absl::StrJoin(group_->MissingRanks(), ","),
+        " not joined")));
+  }
+
+  std::vector<Notification> notes;
+  {
+    absl::MutexLock lock(&mu_);
+    const uint64_t step = header.step();
+    if (auto f = finished_.find(step); f != finished_.end()) {
+      absl::Status st = f->second.ok()
+                            ? absl::InvalidArgumentError(absl::StrCat(
+                                  "header.step: step ", step, " already completed"))
+                            : f->second;
+      notes.emplace_back(std::move(done), ErrorResult(st, header, current.get()));
+    } else {
+      auto it = pending_.find(step);
+      if (it == pending_.end() && pending_.size() >= options_.max_pending_steps) {
+        notes.emplace_back(
+            std::move(done),
+            ErrorResult(absl::ResourceExhaustedError(absl::StrCat(
+                            "too many steps in flight (", pending_.size(),
+                            "); ranks are out of step or the server is overloaded")),
+                        header, current.get()));
+      } else {
+      if (it == pending_.end()) {
+        Pending p;
+        p.step = step;
+        p.config = current;
+        p.first = header;
+        p.parts.resize(current->spec.world_size);
+        p.have.assign(current->spec.world_size, false);
+        p.first_arrival = absl::Now();
+        p.deadline = p.first_arrival + options_.step_timeout;
+        it = pending_.emplace(step, std::move(p)).first;
+      }
+      Pending& p = it->second;
+      absl::Status st = rank < static_cast<int32_t>(p.have.size())
+                            ? CheckPart(part, p)
+                            : absl::InvalidArgumentError(absl::StrCat(
+                                  "header.rank: ", rank, " is outside the step's group"));
+      p.waiters.push_back(Waiter{rank, std::move(done)});
+      if (!st.ok()) {
+        FailLocked(step, st, &notes);
+      } else {
+        p.have[rank] = true;
+        p.parts[rank] = std::move(part);
+        p.last_arrival = absl::Now();
+        if (++p.received == static_cast<int>(p.have.size())) {
+          RememberLocked(step, absl::OkStatus());
+          ready_.push_back(std::move(p));
+          pending_.erase(it);
+        }
+      }
+      }
+    }
+  }
+  Deliver(notes);
+}
+
+void StepCollector::FailPending(const absl::Status& reason) {
+  std::vector<Notification> notes;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!pending_.empty()) {
+      const uint64_t step = pending_.begin()->first;
+      FailLocked(step,
+                 absl::Status(reason.code(), absl::StrCat("step ", step, " aborted: ",
+                                                          reason.message())),
+                 &notes);
+    }
+  }
+  Deliver(notes);
+}
+
+void StepCollector::StopAccepting(const absl::Status& reason) {
+  absl::MutexLock lock(&mu_);
+  refuse_ = reason;
+}
+
+void StepCollector::Resume() {
+  absl::MutexLock lock(&mu_);
+  if (!stop_) refuse_ = absl::OkStatus();
+}
+
+void StepCollector::ForgetFinished() {
+  absl::MutexLock lock(&mu_);
+  finished_.clear();
+  finished_order_.clear();
+}
+
+size_t StepCollector::InFlight() const {
+  absl::MutexLock lock(&mu_);
+  return pending_.size() + ready_.size() + merging_;
+}
+
+bool StepCollector::WaitIdle(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return pending_.empty() && ready_.empty() && merging_ == 0;
+  };
+  return mu_.AwaitWithTimeout(absl::Condition(&idle), timeout);
+}
+
+void StepCollector::MergeLoop() {
+  while (true) {
+    Pending p;
+    {
+      absl::MutexLock lock(&mu_);
+      auto has_work = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+        return stop_ || !ready_.empty();
+      };
+      mu_.Await(absl::Condition(&has_work));
+      if (ready_.empty()) return;  // stopping, nothing left
+      p = std::move(ready_.front());
+      ready_.pop_front();
+      ++merging_;
+    }
+    RunMerge(p);
+    absl::MutexLock lock(&mu_);
+    --merging_;
+  }
+}
+
+void StepCollector::RunMerge(Pending& p) {
+  const GroupSpec& spec = p.config->spec;
+  auto result = std::make_shared<StepResult>();
+  result->step = p.step;
+  result->layer = p.first.layer();
+  result->num_tokens = p.first.num_tokens();
+  result->config_version = p.config->version;
+  result->config = p.config;
+
+  MergeArgs args;
+  args.shape.num_parts = spec.world_size;
+  args.shape.num_tokens = p.first.num_tokens();
+  args.shape.num_heads = spec.num_heads;
+  args.shape.head_size = spec.head_size;
+  args.config = spec.merge;
+  for (int i = 0; i < spec.world_size; ++i) {
+    args.partial_out[i] = p.parts[i].partial_out.data();
+    args.partial_lse[i] = reinterpret_cast<const float*>(p.parts[i].lse.data());
+  }
+  args.partial_out_bytes = spec.PartialOutBytes(args.shape.num_tokens);
+  args.partial_lse_bytes = spec.LseBytes(args.shape.num_tokens);
+  args.token_stride = int64_t{spec.num_heads} * spec.head_size;
+  args.head_stride = spec.head_size;
+  float scale = p.config->ScaleForLayer(p.first.layer());
+  const bool fp8 = spec.merge.output_mode != OutputMode::kPassthrough;
+  if (spec.merge.output_mode == OutputMode::kFp8PerTensor) {
+    args.static_scale = &scale;
+    result->scales.assign(1, scale);
+  } else if (fp8) {
+    result->scales.resize(OutputScaleCount(args.shape, spec.merge));
+    args.out_scales = {result->scales.data(), result->scales.size() * sizeof(float)};
+  }
+  result->output.resize(OutputBytes(args.shape, spec.merge));
+  args.out = {result->output.data(), result->output.size()};
+  if (spec.return_lse) {
+    result->lse.resize(args.shape.num_tokens * spec.num_heads);
+    args.out_lse = {result->lse.data(), result->lse.size() * sizeof(float)};
+  }
+
+  const absl::Time t0 = absl::Now();
+  absl::Status st = backend_->Merge(args);
+  const absl::Time t1 = absl::Now();
+  if (st.ok()) {
+    stats_->RecordLatency(Phase::kReceive, p.last_arrival - p.first_arrival);
+    stats_->RecordLatency(Phase::kMerge, t1 - t0);
+    stats_->RecordLatency(Phase::kTotal, t1 - p.first_arrival);
+    if (fp8) {
+      uint64_t sat = 0;
+      for (uint8_t c : result->output) sat += (c & 0x7F) == 0x7E;
+      if (sat > 0) stats_->AddSaturated(sat);
+    }
+  } else {
+    LogWarning("step %u: merge failed: %s", p.step, st.ToString());
+    result->status = absl::Status(st.code(), absl::StrCat("merge: ", st.message()));
+    result->output.clear();
+    result->scales.clear();
+    result->lse.clear();
+  }
+  stats_->RecordStep(result->status);
+  std::vector<Notification> notes;
+  for (Waiter& w : p.waiters) notes.emplace_back(std::move(w.done), result);
+  Deliver(notes);
+}
+
+void StepCollector::SweepLoop() {
+  const absl::Duration period =
+      std::clamp(options_.step_timeout / 20, absl::Milliseconds(2), absl::Milliseconds(50));
+  while (true) {
+    std::vector<Notification> notes;
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopped), period)) return;
+      const absl::Time now = absl::Now();
+      std::vector<uint64_t> expired;
+      for (const auto& [step, p] : pending_) {
+        if (now >= p.deadline) expired.push_back(step);
+      }
+      for (uint64_t step : expired) {
+        const Pending& p = pending_.at(step);
+        std::vector<int32_t> missing;
+        for (size_t r = 0; r < p.have.size(); ++r) {
+          if (!p.have[r]) missing.push_back(static_cast<int32_t>(r));
+        }
+        FailLocked(step,
+                   absl::UnavailableError(absl::StrCat(
+                       "step ", step, " timed out after ",
+                       absl::FormatDuration(options_.step_timeout),
+                       " waiting for rank(s) ", absl::StrJoin(missing, ","))),
+                   &notes);
+      }
+    }
+    Deliver(notes);
+  }
+}
+
+}  // namespace dcpmerge
