@@ -148,8 +148,12 @@ absl::StatusOr<std::unique_ptr<ComputeBackend>> MakeComputeBackend(
     if (kind == "cuda") return st;
     *why = absl::StrCat("cpu: CUDA device init failed (", st.message(), ")");
   } else {
+    // Without a GPU the runtime reports a misleading "driver version is
+    // insufficient"; name the call so the log reads as "no usable GPU".
     const std::string reason =
-        err == cudaSuccess ? "no GPU visible" : cudaGetErrorString(err);
+        err == cudaSuccess
+            ? "no GPU visible"
+            : absl::StrCat("no usable GPU (cudaGetDeviceCount: ", cudaGetErrorString(err), ")");
     if (kind == "cuda") {
       return absl::FailedPreconditionError(absl::StrCat("backend: cuda requested but ", reason));
     }
