@@ -13,6 +13,12 @@
 // (up to 4096 sets), so inputs come from HBM, not L2.
 //   traffic   bytes the fused kernel must move: N payloads + N LSEs + FP8 out
 //   copy      cudaMemcpyAsync D2D of traffic/2 bytes (read + write = traffic)
+//             into one fixed buffer (its writes can stay in L2 between
+//             launches when traffic/2 < L2); the issue's reference
+//   copy_cold the same copy with the destination rotating over the input
+//             sets too, so its writes reach HBM like the inputs' reads
+//   read      a plain streaming read of the inputs (N payloads + LSEs),
+//             nothing written: a floor for any kernel that reads them once
 //   empty     an empty kernel launch in the same kind of graph
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -47,6 +53,24 @@ namespace {
   } while (0)
 
 __global__ void EmptyKernel() {}
+
+// Reads n 16-byte words, four loads in flight per thread per iteration;
+// writes only if the xor of everything hits one value (never, in practice)
+// so the loads are not optimised away.
+__global__ void ReadKernel(const uint4* __restrict__ p, int64_t n, uint32_t* sink) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  uint32_t x = 0;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += 4 * stride) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      v[u] = i + u * stride < n ? __ldg(p + i + u * stride) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (x == 0x9E3779B9u) sink[threadIdx.x] = x;
+}
 
 __device__ __forceinline__ uint32_t Hash(uint64_t x) {
   x ^= x >> 33;
@@ -100,7 +124,8 @@ size_t DtSize(int dt) { return dt == cuda::kKernelF32 ? 4 : 2; }
 
 struct Result {
   Shape s;
-  double traffic = 0, fused = 0, narrow = 0, wide = 0, nopf = 0, unfused = 0, copy = 0, empty = 0;
+  double traffic = 0, fused = 0, narrow = 0, wide = 0, nopf = 0, unfused = 0, copy = 0,
+         copy_cold = 0, read = 0, empty = 0;
   double copy_bw = 0;  // bytes/s of this shape's copy
   long long check_far = -1, check_one = -1, check_n = 0;
   int sets = 0;
@@ -296,7 +321,9 @@ Result RunShape(const Shape& s, const Options& o, cudaStream_t st) {
     CK(cudaFree(scratch));
   }
 
-  // Copy of the same traffic (read + write = traffic).
+  // Copy of the same traffic (read + write = traffic): into a fixed
+  // buffer, then into the other input sets (rotating, L2-cold writes; the
+  // sets hold identical bytes, so the inputs do not change).
   {
     const size_t bytes = static_cast<size_t>(res.traffic / 2) / 16 * 16;
     char* dst = nullptr;
@@ -305,7 +332,25 @@ Result RunShape(const Shape& s, const Options& o, cudaStream_t st) {
       CK(cudaMemcpyAsync(dst, arena + (k % sets) * set_bytes, bytes, cudaMemcpyDeviceToDevice, st));
     });
     res.copy_bw = 2.0 * bytes / res.copy;
+    res.copy_cold = TimeGraph(st, launches, reps, [&](int k) {
+      char* d = sets >= 2 ? arena + ((k + sets / 2) % sets) * set_bytes : dst;
+      CK(cudaMemcpyAsync(d, arena + (k % sets) * set_bytes, bytes, cudaMemcpyDeviceToDevice, st));
+    });
     CK(cudaFree(dst));
+  }
+  {
+    uint32_t* sink = nullptr;
+    CK(cudaMalloc(&sink, 1024 * 4));
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    const int64_t words = static_cast<int64_t>(set_bytes / 16);
+    const unsigned blocks = static_cast<unsigned>(
+        std::max<int64_t>(1, std::min<int64_t>(8 * sms, (words + 255) / 256)));
+    res.read = TimeGraph(st, launches, reps, [&](int k) {
+      ReadKernel<<<blocks, 256, 0, st>>>(
+          reinterpret_cast<const uint4*>(arena + (k % sets) * set_bytes), words, sink);
+    });
+    CK(cudaFree(sink));
   }
   res.empty = TimeGraph(st, launches, reps, [&](int) {
     EmptyKernel<<<1, 32, 0, st>>>();
@@ -380,29 +425,36 @@ int main(int argc, char** argv) {
   std::printf("# device: %s, %d SMs, L2 %zu MB; D2D copy peak (1 GiB, read+write): %.0f GB/s\n",
               prop.name, prop.multiProcessorCount, g_l2 >> 20, peak_bw / 1e9);
   if (o.csv) {
-    std::printf("dtype,N,T,H,D,traffic_bytes,fused_us,fused_wide_us,unfused_us,copy_us,"
-                "empty_us,fused_noprefetch_us,fused_1vec_us,speedup,pct_copy_bw,check_far,check_one_step,check_n,sets,l2_cold\n");
+    std::printf("dtype,N,T,H,D,traffic_bytes,fused_us,fused_1vec_us,fused_2vec_us,"
+                "fused_noprefetch_us,unfused_us,copy_us,copy_cold_us,read_us,empty_us,speedup,"
+                "pct_copy_bw,pct_copy_cold_bw,check_far,check_one_step,check_n,sets,l2_cold\n");
   } else {
-    std::printf("%-5s %3s %5s %4s %4s %10s %9s %9s %9s %9s %9s %9s %7s %7s %6s %s\n", "dtype", "N",
-                "T", "H", "D", "traffic", "fused_us", "1vec_us", "2vec_us", "nopf_us", "unfus_us", "copy_us",
-                "empty", "speedup", "%copy", "check(far/1step/n)");
+    std::printf("%-5s %3s %5s %4s %4s %10s %9s %9s %9s %9s %9s %9s %9s %9s %6s %7s %6s %6s %s\n",
+                "dtype", "N", "T", "H", "D", "traffic", "fused_us", "1vec_us", "2vec_us",
+                "nopf_us", "unfus_us", "copy_us", "cpcold_us", "read_us", "empty", "speedup",
+                "%copy", "%cold", "check(far/1step/n)");
   }
   std::vector<Result> all;
   for (const Shape& s : Grid(o)) {
     const Result r = RunShape(s, o, st);
     all.push_back(r);
-    const double pct = 100.0 * (r.traffic / r.fused) / r.copy_bw;
+    const double pct = 100.0 * r.copy / r.fused;
+    const double pct_cold = 100.0 * r.copy_cold / r.fused;
     if (o.csv) {
-      std::printf("%s,%d,%lld,%d,%d,%.0f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%lld,%lld,%lld,%d,%d\n",
+      std::printf("%s,%d,%lld,%d,%d,%.0f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.3f,%.1f,%.1f,"
+                  "%lld,%lld,%lld,%d,%d\n",
                   DtName(s.dtype), s.n, static_cast<long long>(s.t), s.h, s.d, r.traffic,
-                  r.fused * 1e6, r.wide * 1e6, r.unfused * 1e6, r.copy * 1e6, r.empty * 1e6,
-                  r.nopf * 1e6, r.narrow * 1e6, r.unfused / r.fused, pct, r.check_far, r.check_one, r.check_n, r.sets,
-                  r.l2_cold ? 1 : 0);
+                  r.fused * 1e6, r.narrow * 1e6, r.wide * 1e6, r.nopf * 1e6, r.unfused * 1e6,
+                  r.copy * 1e6, r.copy_cold * 1e6, r.read * 1e6, r.empty * 1e6,
+                  r.unfused / r.fused, pct, pct_cold, r.check_far, r.check_one, r.check_n,
+                  r.sets, r.l2_cold ? 1 : 0);
     } else {
-      std::printf("%-5s %3d %5lld %4d %4d %9.2fM %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %7.2f %6.2fx %5.1f%% %lld/%lld/%lld%s\n",
+      std::printf("%-5s %3d %5lld %4d %4d %9.2fM %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f %9.2f "
+                  "%6.2f %6.2fx %5.1f%% %5.1f%% %lld/%lld/%lld%s\n",
                   DtName(s.dtype), s.n, static_cast<long long>(s.t), s.h, s.d, r.traffic / 1e6,
-                  r.fused * 1e6, r.narrow * 1e6, r.wide * 1e6, r.nopf * 1e6, r.unfused * 1e6, r.copy * 1e6, r.empty * 1e6,
-                  r.unfused / r.fused, pct, r.check_far, r.check_one, r.check_n,
+                  r.fused * 1e6, r.narrow * 1e6, r.wide * 1e6, r.nopf * 1e6, r.unfused * 1e6,
+                  r.copy * 1e6, r.copy_cold * 1e6, r.read * 1e6, r.empty * 1e6,
+                  r.unfused / r.fused, pct, pct_cold, r.check_far, r.check_one, r.check_n,
                   r.l2_cold ? "" : " (L2-warm)");
     }
     std::fflush(stdout);
@@ -423,12 +475,17 @@ int main(int argc, char** argv) {
               checked, bad_checks);
   for (int dt : {dcpmerge::cuda::kKernelBF16, dcpmerge::cuda::kKernelF16,
                  dcpmerge::cuda::kKernelF32}) {
-    double mn = 1e9, mx = 0, sum = 0, mnw = 1e9;
-    int cnt = 0, met = 0;
+    double mn = 1e9, mx = 0, sum = 0, mnw = 1e9, mn_cold = 1e9, mn_read = 1e9;
+    int cnt = 0, met = 0, cold_met = 0, read_met = 0;
     for (const Result& r : all) {
       if (r.s.dtype != dt || r.s.n > 16 || r.traffic < 16e6) continue;
-      const double pct = 100.0 * (r.traffic / r.fused) / r.copy_bw;
-      const double pctw = 100.0 * (r.traffic / std::min(r.wide, r.narrow)) / r.copy_bw;
+      const double pct = 100.0 * r.copy / r.fused;
+      const double pctw = 100.0 * r.copy / std::min(r.wide, r.narrow);
+      cold_met += r.copy_cold / r.fused >= 0.95;
+      mn_cold = std::min(mn_cold, 100.0 * r.copy_cold / r.fused);
+      // Could any kernel that reads the inputs once reach 95% of copy?
+      read_met += r.copy / r.read >= 0.95;
+      mn_read = std::min(mn_read, 100.0 * r.copy / r.read);
       mn = std::min(mn, pct);
       mnw = std::min(mnw, pctw);
       mx = std::max(mx, pct);
@@ -438,8 +495,11 @@ int main(int argc, char** argv) {
     }
     if (cnt)
       std::printf("target >=95%% copy BW (traffic>=16MB, N<=16) %s: %d/%d met, min %.1f%% "
-                  "mean %.1f%% max %.1f%% (best-of-widths min %.1f%%)\n",
-                  DtName(dt), met, cnt, mn, sum / cnt, mx, mnw);
+                  "mean %.1f%% max %.1f%% (best-of-widths min %.1f%%); vs the L2-cold copy: "
+                  "%d/%d met, min %.1f%%; a plain read of the inputs: %d/%d at >=95%% of copy, "
+                  "min %.1f%%\n",
+                  DtName(dt), met, cnt, mn, sum / cnt, mx, mnw, cold_met, cnt, mn_cold, read_met,
+                  cnt, mn_read);
   }
   for (int n : {2, 4, 8, 16}) {
     const double goal = n == 2 ? 1.8 : n == 4 ? 2.3 : n == 8 ? 2.6 : 0;
@@ -462,12 +522,14 @@ int main(int argc, char** argv) {
     int cnt = 0, met = 0, met_nopf = 0;
     double worst = -1e9;
     std::string worst_name;
+    std::vector<double> excess;
     for (const Result& r : all) {
       if (r.s.t > 64) continue;
       const double bound = r.empty + r.traffic / peak_bw + 1e-6;
       ++cnt;
       met += r.fused <= bound;
       met_nopf += r.nopf <= bound;
+      excess.push_back(r.fused - bound);
       if (r.fused - bound > worst) {
         worst = r.fused - bound;
         char buf[128];
@@ -477,9 +539,12 @@ int main(int argc, char** argv) {
         worst_name = buf;
       }
     }
-    std::printf("decode (T<=64) per launch <= empty + traffic/copyBW + 1us: %d/%d met "
-                "(%d without the L2 prefetch); worst margin %+.2f us (%s)\n", met, cnt,
-                met_nopf, worst * 1e6, worst_name.c_str());
+    std::sort(excess.begin(), excess.end());
+    if (cnt)
+      std::printf("decode (T<=64) per launch <= empty + traffic/copyBW + 1us: %d/%d met "
+                  "(%d without the L2 prefetch); median excess %+.2f us; worst margin %+.2f us "
+                  "(%s)\n", met, cnt, met_nopf, excess[excess.size() / 2] * 1e6, worst * 1e6,
+                  worst_name.c_str());
   }
   return 0;
 }
