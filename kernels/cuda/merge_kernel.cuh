@@ -217,8 +217,11 @@ struct MergeItem {
     return mx;
   }
 
-  // Row modes: one item per thread, items = T * H * (D / W).
-  __device__ __forceinline__ void RunRows(float static_inv) const {
+  // Row modes: one item per thread, items = T * H * (D / W). static_scale:
+  // the per-tensor scale as loaded; its reciprocal is taken only after the
+  // payload loads are issued, so the (slow-path) division does not hold them
+  // back by a round trip.
+  __device__ __forceinline__ void RunRows(float static_scale) const {
     const int64_t items = p.num_tokens * p.num_heads * items_per_row;
     const int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     const bool valid = it < items;
@@ -236,7 +239,13 @@ struct MergeItem {
     if constexpr (MODE == kModePassthrough) {
       if (valid) StoreValues(it, acc);
     } else if constexpr (MODE == kModeFp8PerTensor) {
-      if (valid) StoreCodes(it, acc, static_inv);
+      // Valid iff 2^-126 <= s <= 2^126, as IsValidFp8Scale
+      // (merge_contract.h); otherwise inv = NaN makes every code NaN.
+      const float s = static_scale;
+      const float inv = (s >= 1.1754943508222875e-38f && s <= 8.5070591730234616e37f)
+                            ? 1.0f / s
+                            : __int_as_float(0x7FFFFFFF);
+      if (valid) StoreCodes(it, acc, inv);
     } else if constexpr (MODE == kModeFp8PerGroup) {
       const int lanes = p.group_size / kW;  // 2..32, power of two
       const float amax = WarpMax(FiniteAbsMax(acc), lanes);
@@ -309,16 +318,10 @@ __global__ void __launch_bounds__(kMaxThreadsPerCta)
     __shared__ float red[32];
     m.RunToken(red);
   } else {
-    float static_inv = 0.0f;
-    if constexpr (MODE == kModeFp8PerTensor) {
-      // Valid iff 2^-126 <= s <= 2^126, as IsValidFp8Scale
-      // (merge_contract.h); otherwise inv = NaN makes every code NaN.
-      const float s = __ldg(p.static_scale);
-      static_inv = (s >= 1.1754943508222875e-38f && s <= 8.5070591730234616e37f)
-                       ? 1.0f / s
-                       : __int_as_float(0x7FFFFFFF);
-    }
-    m.RunRows(static_inv);
+    // Issued first, used last: in flight together with the payload loads.
+    const float static_scale =
+        MODE == kModeFp8PerTensor ? __ldg(p.static_scale) : 0.0f;
+    m.RunRows(static_scale);
   }
 }
 

@@ -37,7 +37,8 @@ def _cuda_configure_impl(ctx):
     root = _find_cuda_root(ctx)
     archs = [a.strip() for a in ctx.os.environ.get("DCPMERGE_CUDA_ARCHS", _DEFAULT_ARCHS).split(",") if a.strip()]
     if root == None:
-        print("dcpmerge: nvcc not found; building WITHOUT the CUDA kernel and NCCL data plane (CPU only).")
+        why = "DCPMERGE_DISABLE_CUDA=1" if ctx.os.environ.get("DCPMERGE_DISABLE_CUDA", "0") == "1" else "nvcc not found"
+        print("dcpmerge: %s; building WITHOUT the CUDA kernel and NCCL data plane (CPU only)." % why)
         ctx.file("defs.bzl", "CUDA_ENABLED = False\nNVCC = \"\"\nCUDA_ARCHS = []\n")
         ctx.file("BUILD", """
 package(default_visibility = ["//visibility:public"])
