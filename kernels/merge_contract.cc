@@ -371,4 +371,10 @@ absl::Status ValidateMergeArgs(const MergeArgs& args) {
   return absl::OkStatus();
 }
 
+absl::Status ValidateStaticScale(float scale) {
+  if (IsValidFp8Scale(scale)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "static_scale must be finite and in [2^-126, 2^126], got ", scale));
+}
+
 }  // namespace dcpmerge

@@ -145,6 +145,11 @@ inline bool IsValidFp8Scale(float scale) {
          scale <= 8.5070591730234616e37f;     // 2^126
 }
 
+// OK, or INVALID_ARGUMENT naming static_scale when !IsValidFp8Scale(scale).
+// For callers that hold the scale on the host (the CUDA kernel can only
+// read its device copy, see kFp8PerTensor above).
+absl::Status ValidateStaticScale(float scale);
+
 }  // namespace dcpmerge
 
 #endif  // DCPMERGE_KERNELS_MERGE_CONTRACT_H_

@@ -224,10 +224,7 @@ absl::Status MergeOnCpu(const MergeArgs& args, int num_threads) {
   plan.inv_static = 1.0f;
   if (config.output_mode == OutputMode::kFp8PerTensor) {
     const float scale = *args.static_scale;
-    if (!IsValidFp8Scale(scale)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "static_scale must be finite and in [2^-126, 2^126], got ", scale));
-    }
+    if (absl::Status st = ValidateStaticScale(scale); !st.ok()) return st;
     plan.inv_static = 1.0f / scale;
   }
   if (plan.T == 0) return absl::OkStatus();

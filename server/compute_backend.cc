@@ -47,6 +47,11 @@ class CudaBackend : public ComputeBackend {
   std::string name() const override { return "cuda"; }
 
   absl::Status Merge(const MergeArgs& host) override {
+    // The kernel only sees the device copy of the scale; check it here,
+    // where it is still on the host, so a bad one is an error, not NaNs.
+    if (host.config.output_mode == OutputMode::kFp8PerTensor && host.static_scale != nullptr) {
+      if (absl::Status st = ValidateStaticScale(*host.static_scale); !st.ok()) return st;
+    }
     const int n = host.shape.num_parts;
     MergeArgs dev = host;
     size_t slot = 0;
