@@ -6,6 +6,8 @@
 #include <functional>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 
 namespace dcpmerge {
@@ -26,9 +28,15 @@ class AdminService final : public v1::Admin::Service {
                         v1::GetStatsResponse*) override;
   grpc::Status Drain(grpc::ServerContext*, const v1::DrainRequest*, v1::DrainResponse*) override;
 
+  // Token rotation: calls after this check against `token`.
+  void SetToken(std::string token);
+
  private:
+  std::string Token() const;
+
   MergeServer* const server_;
-  const std::string token_;
+  mutable absl::Mutex mu_;
+  std::string token_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dcpmerge

@@ -50,13 +50,24 @@ ABSL_FLAG(float, default_scale, 1.0f, "Initial static FP8 scale for layers witho
 ABSL_FLAG(std::string, backend, "auto", "Compute backend: auto | cpu | cuda");
 ABSL_FLAG(int32_t, cpu_threads, 0, "CPU backend worker threads (0: all cores)");
 ABSL_FLAG(std::string, data_plane, "grpc", "Data plane: grpc | nccl");
+ABSL_FLAG(int32_t, nccl_device, 0, "--data_plane=nccl: CUDA device of the server's NCCL rank and merge");
+ABSL_FLAG(int64_t, nccl_init_timeout_ms, 60000,
+          "--data_plane=nccl: forming the communicator once all ranks joined may take this long");
+ABSL_FLAG(int64_t, nccl_fixed_tokens, -1,
+          "--data_plane=nccl: >= 0 selects fixed-shape mode (every step has exactly this many tokens; "
+          "ranks can capture their step in a CUDA graph); -1: num_tokens varies per step");
 ABSL_FLAG(int64_t, heartbeat_timeout_ms, 10000, "Drop a rank silent this long");
 ABSL_FLAG(int64_t, step_timeout_ms, 5000, "Fail a step not complete this long after its first part");
 ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "Default Drain wait");
 ABSL_FLAG(int64_t, max_pending_steps, 256, "Steps collecting parts at once (beyond: RESOURCE_EXHAUSTED)");
-ABSL_FLAG(std::string, metrics_address, "", "Reserved: Prometheus endpoint (not served yet)");
+ABSL_FLAG(std::string, metrics_address, "",
+          "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9400); empty: off");
+ABSL_FLAG(std::string, health_address, "",
+          "Plaintext listener with only grpc.health.v1, for probes that cannot use TLS (kubelet gRPC probes); "
+          "empty: off");
 ABSL_FLAG(std::string, ready_file, "",
-          "Once serving, write \"<rank_port> <admin_port>\\n\" to this file (for supervisors and tests)");
+          "Once serving, write \"<rank_port> <admin_port> <metrics_port> <health_port>\\n\" to this file (0: "
+          "off; for supervisors and tests)");
 ABSL_FLAG(bool, quiet, false, "Only warnings and errors on stderr");
 
 namespace dcpmerge {
@@ -126,6 +137,7 @@ int Run() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);  // reload the admin token file now
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   MergeServerOptions o;
@@ -153,6 +165,9 @@ int Run() {
   o.backend = absl::GetFlag(FLAGS_backend);
   o.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
   o.data_plane = absl::GetFlag(FLAGS_data_plane);
+  o.nccl.device = absl::GetFlag(FLAGS_nccl_device);
+  o.nccl.init_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_nccl_init_timeout_ms));
+  o.nccl.fixed_tokens = absl::GetFlag(FLAGS_nccl_fixed_tokens);
   o.heartbeat_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_heartbeat_timeout_ms));
   o.step_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_step_timeout_ms));
   o.drain_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_drain_timeout_ms));
@@ -162,9 +177,8 @@ int Run() {
     LogError("--heartbeat_timeout_ms, --step_timeout_ms and --max_pending_steps must be > 0");
     return 2;
   }
-  if (!absl::GetFlag(FLAGS_metrics_address).empty()) {
-    LogWarning("--metrics_address is reserved; metrics are not served yet (use Admin.GetStats)");
-  }
+  o.metrics_address = absl::GetFlag(FLAGS_metrics_address);
+  o.health_address = absl::GetFlag(FLAGS_health_address);
 
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
@@ -173,11 +187,36 @@ int Run() {
   }
   if (const std::string f = absl::GetFlag(FLAGS_ready_file); !f.empty()) {
     const std::string tmp = f + ".tmp";
-    std::ofstream(tmp) << (*server)->rank_port() << " " << (*server)->admin_port() << "\n";
+    std::ofstream(tmp) << (*server)->rank_port() << " " << (*server)->admin_port() << " "
+                       << (*server)->metrics_port() << " " << (*server)->health_port() << "\n";
     std::rename(tmp.c_str(), f.c_str());
   }
+  // Token rotation: the token file is re-read every 2 s (a Kubernetes Secret
+  // update replaces the mounted file) and on SIGHUP. A missing or empty file
+  // keeps the current token (a rotation in progress must not lock admins out).
+  const std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
+  std::string current_token = o.admin_token;
   int sig = 0;
-  sigwait(&signals, &sig);
+  while (true) {
+    const timespec poll = {2, 0};
+    sig = sigtimedwait(&signals, nullptr, &poll);
+    if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGHUP && token_file.empty()) {
+      LogWarning("SIGHUP: no --admin_token_file to reload (DCPMERGE_ADMIN_TOKEN needs a restart)");
+      continue;
+    }
+    if (token_file.empty()) continue;
+    auto fresh = LoadAdminToken(token_file);
+    if (!fresh.ok() || fresh->empty()) {
+      if (sig == SIGHUP) LogWarning("SIGHUP: %s unreadable or empty; keeping the current admin token", token_file);
+      continue;
+    }
+    if (*fresh != current_token) {
+      current_token = *fresh;
+      (*server)->SetAdminToken(current_token);
+      LogInfo("admin token reloaded from %s", token_file);
+    }
+  }
   LogInfo("signal %d: graceful shutdown", sig);
   (*server)->Shutdown();
   server->reset();

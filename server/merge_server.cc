@@ -66,11 +66,7 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(MergeServerOptio
 }
 
 absl::Status MergeServer::Init() {
-  if (options_.data_plane != "grpc") {
-    if (options_.data_plane == "nccl") {
-      return absl::UnimplementedError(
-          "data_plane: nccl is not implemented in this build yet; use --data_plane=grpc");
-    }
+  if (options_.data_plane != "grpc" && options_.data_plane != "nccl") {
     return absl::InvalidArgumentError(
         absl::StrCat("data_plane: '", options_.data_plane, "' is not grpc or nccl"));
   }
@@ -85,13 +81,17 @@ absl::Status MergeServer::Init() {
     if (!snap.ok()) return snap.status();
   }
 
+  if (!options_.metrics_address.empty()) stats_.SetLatencyObserver(&latency_histograms_);
   group_ = std::make_unique<Group>(options_.heartbeat_timeout);
   StepCollector::Options co;
   co.step_timeout = options_.step_timeout;
   co.max_pending_steps = options_.max_pending_steps;
   collector_ = std::make_unique<StepCollector>(&config_, group_.get(), backend_.get(), &stats_, co);
   group_->SetCallbacks(
-      [this](int32_t, const absl::Status& reason) { collector_->FailPending(reason); },
+      [this](int32_t rank, const absl::Status& reason) {
+        collector_->FailPending(reason);
+        if (plane_ != nullptr) plane_->OnMemberLost(rank, reason);
+      },
       [this] {
         collector_->ForgetFinished();
         UpdateHealth();
@@ -99,9 +99,20 @@ absl::Status MergeServer::Init() {
   collector_->Start();
   group_->StartWatchdog();
 
-  auto grpc_plane = std::make_unique<GrpcDataPlane>(collector_.get(), group_.get(), &stats_);
-  GrpcDataPlane* plane_service = grpc_plane.get();
-  plane_ = std::move(grpc_plane);
+  GrpcDataPlane* plane_service = nullptr;  // MergeData: served by the gRPC plane only
+  if (options_.data_plane == "nccl") {
+    NcclDataPlaneOptions no = options_.nccl;
+    no.step_timeout = options_.step_timeout;
+    auto nccl_plane = std::make_unique<NcclDataPlane>(&config_, group_.get(), backend_.get(), &stats_,
+                                                      std::move(no), [this] { UpdateHealth(); });
+    absl::Status st = nccl_plane->Start();
+    if (!st.ok()) return st;
+    plane_ = std::move(nccl_plane);
+  } else {
+    auto grpc_plane = std::make_unique<GrpcDataPlane>(collector_.get(), group_.get(), &stats_);
+    plane_service = grpc_plane.get();
+    plane_ = std::move(grpc_plane);
+  }
   control_service_ = std::make_unique<ControlService>(
       &config_, group_.get(), plane_.get(), backend_name_, options_.step_timeout,
       [this] { return Ready(); });
@@ -119,7 +130,7 @@ absl::Status MergeServer::Init() {
   grpc::ServerBuilder rank_builder;
   rank_builder.AddListeningPort(options_.rank_address, *creds, &rank_port_);
   rank_builder.RegisterService(control_service_.get());
-  rank_builder.RegisterService(plane_service);
+  if (plane_service != nullptr) rank_builder.RegisterService(plane_service);
   rank_builder.SetMaxReceiveMessageSize(max_msg);
   rank_builder.SetMaxSendMessageSize(max_msg);
   // Partials are MBs per step: start with a large stream window instead of
@@ -136,9 +147,35 @@ absl::Status MergeServer::Init() {
   if (admin_server_ == nullptr || admin_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("admin_address: cannot listen on ", options_.admin_address));
   }
+  if (!options_.health_address.empty()) {
+    // Only the default health service (added by the builder), no TLS.
+    grpc::ServerBuilder health_builder;
+    health_builder.AddListeningPort(options_.health_address, grpc::InsecureServerCredentials(), &health_port_);
+    health_server_ = health_builder.BuildAndStart();
+    if (health_server_ == nullptr || health_port_ == 0) {
+      return absl::UnavailableError(absl::StrCat("health_address: cannot listen on ", options_.health_address));
+    }
+  }
+  if (!options_.metrics_address.empty()) {
+    // Scrapes read the state the server keeps (no second bookkeeping).
+    auto exporter = metrics::MetricsExporter::Start(
+        options_.metrics_address,
+        [this] {
+          metrics::ServerState st;
+          st.stats = GetStats();
+          GetConfig(&st.config);
+          st.nccl_state = plane_->NcclState();
+          return st;
+        },
+        &latency_histograms_);
+    if (!exporter.ok()) return exporter.status();
+    metrics_ = std::move(*exporter);
+    metrics_port_ = metrics_->port();
+  }
   UpdateHealth();
-  LogInfo("rank listener on port %d (RankControl, MergeData), admin listener on port %d, data plane grpc",
-          rank_port_, admin_port_);
+  LogInfo("rank listener on port %d (RankControl%s), admin listener on port %d, data plane %s", rank_port_,
+          plane_service != nullptr ? ", MergeData" : "", admin_port_, options_.data_plane);
+  if (metrics_port_ != 0) LogInfo("metrics on port %d (GET /metrics)", metrics_port_);
   return absl::OkStatus();
 }
 
@@ -150,7 +187,7 @@ bool MergeServer::Ready() const {
 void MergeServer::UpdateHealth() {
   absl::MutexLock lock(&health_mu_);
   const bool ready = Ready();
-  for (grpc::Server* s : {rank_server_.get(), admin_server_.get()}) {
+  for (grpc::Server* s : {rank_server_.get(), admin_server_.get(), health_server_.get()}) {
     if (s == nullptr || s->GetHealthCheckService() == nullptr) continue;
     s->GetHealthCheckService()->SetServingStatus("", true);
     s->GetHealthCheckService()->SetServingStatus(kMergeHealthService, ready);
@@ -224,10 +261,16 @@ v1::DrainResponse MergeServer::Drain(absl::Duration timeout) {
   return r;
 }
 
+void MergeServer::SetAdminToken(const std::string& token) {
+  static_cast<AdminService*>(admin_service_.get())->SetToken(token);
+}
+
 void MergeServer::Shutdown() {
   if (shut_down_.exchange(true)) return;
+  metrics_.reset();  // no scrape runs past this point
   if (rank_server_ == nullptr) {  // Init failed part way
     if (collector_) collector_->Stop();
+    if (plane_) plane_->Stop();
     if (group_) group_->StopWatchdog();
     return;
   }
@@ -238,6 +281,7 @@ void MergeServer::Shutdown() {
   const absl::Time deadline = absl::Now() + absl::Seconds(2);
   rank_server_->Shutdown(absl::ToChronoTime(deadline));
   if (admin_server_ != nullptr) admin_server_->Shutdown(absl::ToChronoTime(deadline));
+  if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(deadline));
   group_->StopWatchdog();
   LogInfo("shutdown complete");
 }

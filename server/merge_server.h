@@ -18,6 +18,8 @@
 #include "server/config_store.h"
 #include "server/data_plane.h"
 #include "server/group.h"
+#include "server/metrics/metrics_exporter.h"
+#include "server/nccl_data_plane.h"
 #include "server/stats.h"
 #include "server/step_collector.h"
 
@@ -41,10 +43,20 @@ struct MergeServerOptions {
   std::string backend = "auto";        // auto | cpu | cuda
   int cpu_threads = 0;
   std::string data_plane = "grpc";     // grpc | nccl
+  // data_plane == "nccl": device, init timeout, fixed shape, and the
+  // transport factory (unset: NCCL; tests inject transport::FakeHub).
+  // Its step_timeout is taken from step_timeout below.
+  NcclDataPlaneOptions nccl;
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration step_timeout = absl::Seconds(5);
   absl::Duration drain_timeout = absl::Seconds(10);
   size_t max_pending_steps = 256;
+  // Prometheus endpoint (GET /metrics), "host:port"; "" = off; port 0 picks one.
+  std::string metrics_address;
+  // Plaintext listener serving only grpc.health.v1 (same statuses as the
+  // other listeners), for probes that cannot speak TLS (kubelet gRPC probes).
+  // "" = off; port 0 picks one.
+  std::string health_address;
 };
 
 class MergeServer {
@@ -54,6 +66,8 @@ class MergeServer {
 
   int rank_port() const { return rank_port_; }
   int admin_port() const { return admin_port_; }
+  int metrics_port() const { return metrics_port_; }  // 0: metrics off
+  int health_port() const { return health_port_; }    // 0: no health-only listener
   const std::string& backend_name() const { return backend_name_; }
   const std::string& backend_reason() const { return backend_reason_; }
 
@@ -70,6 +84,8 @@ class MergeServer {
   void GetConfig(v1::GetConfigResponse* out) const;
   v1::GetStatsResponse GetStats() const;
   v1::DrainResponse Drain(absl::Duration timeout);
+  // Replaces the admin bearer token (rotation without a restart).
+  void SetAdminToken(const std::string& token);
 
   // Readiness: configured, group complete, data plane up, not draining.
   bool Ready() const;
@@ -81,6 +97,7 @@ class MergeServer {
 
   MergeServerOptions options_;
   ConfigStore config_;
+  metrics::LatencyHistograms latency_histograms_;  // outlives stats_ (its observer)
   Stats stats_;
   std::unique_ptr<Group> group_;
   std::unique_ptr<ComputeBackend> backend_;
@@ -93,8 +110,12 @@ class MergeServer {
   std::unique_ptr<grpc::Service> admin_service_;
   std::unique_ptr<grpc::Server> rank_server_;
   std::unique_ptr<grpc::Server> admin_server_;
+  std::unique_ptr<grpc::Server> health_server_;  // --health_address
+  int health_port_ = 0;
   int rank_port_ = 0;
   int admin_port_ = 0;
+  std::unique_ptr<metrics::MetricsExporter> metrics_;
+  int metrics_port_ = 0;
   std::atomic<bool> draining_{false};
   std::atomic<bool> shut_down_{false};
   absl::Mutex health_mu_;

@@ -30,8 +30,12 @@ v1::LatencySummary LatencyWindow::Summary() const {
 }
 
 void Stats::RecordLatency(Phase phase, absl::Duration d) {
-  absl::MutexLock lock(&mu_);
-  phases_[static_cast<int>(phase)].Add(absl::ToDoubleMicroseconds(d));
+  const double us = absl::ToDoubleMicroseconds(d);
+  {
+    absl::MutexLock lock(&mu_);
+    phases_[static_cast<int>(phase)].Add(us);
+  }
+  if (LatencyObserver* o = observer_.load(std::memory_order_acquire)) o->ObserveLatency(phase, us);
 }
 
 void Stats::AddBytesIn(uint64_t n) {

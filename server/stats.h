@@ -4,6 +4,7 @@
 #define DCPMERGE_SERVER_STATS_H_
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -32,8 +33,21 @@ class LatencyWindow {
   size_t count_ = 0;
 };
 
+// Receives every latency sample as it is recorded (the Prometheus histograms
+// of server/metrics). Called outside the Stats lock: must be thread-safe and
+// cheap.
+class LatencyObserver {
+ public:
+  virtual ~LatencyObserver() = default;
+  virtual void ObserveLatency(Phase phase, double us) = 0;
+};
+
 class Stats {
  public:
+  // Optional; set before steps run. The observer must outlive its use.
+  void SetLatencyObserver(LatencyObserver* observer) {
+    observer_.store(observer, std::memory_order_release);
+  }
   void RecordLatency(Phase phase, absl::Duration d);
   void AddBytesIn(uint64_t n);
   void AddBytesOut(uint64_t n);
@@ -53,6 +67,7 @@ class Stats {
   uint64_t saturated_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
   std::array<LatencyWindow, 4> phases_ ABSL_GUARDED_BY(mu_);
+  std::atomic<LatencyObserver*> observer_{nullptr};
 };
 
 }  // namespace dcpmerge

@@ -2,8 +2,10 @@
 # Builds GPU binaries here (Bazel, nvcc) and bundles them with the shared
 # libraries a bare CUDA host lacks, for hosts with a driver but no toolchain.
 #
-#   tools/make_gpu_bundle.sh [-o DIR] [--no-build] LABEL...
+#   tools/make_gpu_bundle.sh [-o DIR] [--no-build] LABEL|PATH...
 #   e.g. tools/make_gpu_bundle.sh //tests/kernels/cuda:merge_gpu_test //bench:merge_bench
+#   A PATH (an existing executable file, not a //label) is bundled as it is,
+#   without Bazel (the container build and tests/deploy use this).
 #
 # Result (default DIR: dist/gpu-bundle, git-ignored):
 #   DIR/bin/NAME      the binaries
@@ -23,8 +25,9 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     -o) out="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
-    *) labels+=("$1"); shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    //*) labels+=("$1"); shift ;;
+    *) labels+=("$(readlink -f "$1" || echo "$1")"); shift ;;  # a path: absolute before the cd below
   esac
 done
 if [[ ${#labels[@]} -eq 0 ]]; then
@@ -34,10 +37,17 @@ fi
 
 root=$(git rev-parse --show-toplevel 2>/dev/null || pwd)
 cd "$root"
-if [[ $build -eq 1 ]]; then
-  bazel build "${labels[@]}"
+bazel_labels=()
+for label in "${labels[@]}"; do
+  [[ "$label" == //* ]] && bazel_labels+=("$label")
+done
+bin_dir=""
+if [[ ${#bazel_labels[@]} -gt 0 ]]; then
+  if [[ $build -eq 1 ]]; then
+    bazel build "${bazel_labels[@]}"
+  fi
+  bin_dir=$(bazel info bazel-bin 2>/dev/null)
 fi
-bin_dir=$(bazel info bazel-bin 2>/dev/null)
 
 rm -rf "$out"
 mkdir -p "$out/bin" "$out/lib"
@@ -47,10 +57,15 @@ skip_re='^(linux-vdso|ld-linux|libc\.so|libm\.so|libdl\.so|librt\.so|libpthread\
 
 declare -A seen=()
 for label in "${labels[@]}"; do
-  pkg=${label#//}; pkg=${pkg%%:*}
-  name=${label##*:}
-  [[ "$label" == *:* ]] || name=${pkg##*/}
-  exe="$bin_dir/$pkg/$name"
+  if [[ "$label" == //* ]]; then
+    pkg=${label#//}; pkg=${pkg%%:*}
+    name=${label##*:}
+    [[ "$label" == *:* ]] || name=${pkg##*/}
+    exe="$bin_dir/$pkg/$name"
+  else
+    exe=$label
+    name=$(basename "$label")
+  fi
   if [[ ! -x "$exe" ]]; then
     echo "error: $label: no executable at $exe" >&2
     exit 1

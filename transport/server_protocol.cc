@@ -67,6 +67,18 @@ absl::Status SameAcrossRanks(const char* name, const StepHeader* h, int n,
   return absl::OkStatus();
 }
 
+bool SameConfig(const ProtocolConfig& a, const ProtocolConfig& b) {
+  return a.config_version == b.config_version && a.num_ranks == b.num_ranks &&
+         a.num_heads == b.num_heads && a.head_size == b.head_size &&
+         a.max_tokens == b.max_tokens &&
+         a.input_elem_bytes == b.input_elem_bytes &&
+         a.output_elem_bytes == b.output_elem_bytes &&
+         a.scale_layout == b.scale_layout && a.group_size == b.group_size &&
+         a.return_lse == b.return_lse && a.lse_layout == b.lse_layout &&
+         a.return_mode == b.return_mode && a.shape_mode == b.shape_mode &&
+         a.fixed_tokens == b.fixed_tokens;
+}
+
 }  // namespace
 
 absl::Status ServerProtocol::Validate(const ProtocolConfig& config,
@@ -184,6 +196,12 @@ absl::Status ServerProtocol::Reconfigure(const ProtocolConfig& config) {
         config.num_ranks + 1, " with the server as rank ", config.num_ranks,
         "; the transport is rank ", transport_->rank(), " of ",
         transport_->world_size()));
+  }
+  ProtocolConfig same = config;
+  same.config_version = config_.config_version;
+  if (!max_sizes_.empty() && SameConfig(same, config_)) {
+    config_ = config;  // sizes unchanged: keep the buffers
+    return absl::OkStatus();
   }
   config_ = config;
   return Allocate();
@@ -406,6 +424,10 @@ absl::StatusOr<StepOutcome> ServerProtocol::ServeStep(
   const absl::Time t1 = absl::Now();
   const absl::Time step_deadline = t1 + options_.step_timeout;
   const StepHeader* headers = headers_host_.as<StepHeader>();
+  if (options_.step_version) {
+    const uint64_t version = options_.step_version();
+    if (version != 0) config_.config_version = version;
+  }
 
   // 2. Check them.
   absl::Status step_status = Validate(config_, headers, n);

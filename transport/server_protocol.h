@@ -96,6 +96,13 @@ struct ServerOptions {
   // callback reads the buffers on the host (fake transport, CPU merge); a
   // callback that only enqueues on MergeStep::queue can set it false.
   bool sync_before_merge = true;
+  // Called once per step when its headers have arrived, before they are
+  // checked: the step boundary as the ranks see it (the server may have
+  // been waiting for these headers since the previous step). Returns the
+  // configuration version the step runs with and reports; 0 keeps
+  // config().config_version. For changes that keep every size (new static
+  // scales): the owner pins its scale table here, with no Reconfigure.
+  std::function<uint64_t()> step_version;
 };
 
 // What became of one step whose communication completed.
@@ -128,7 +135,7 @@ class ServerProtocol {
   absl::StatusOr<StepOutcome> ServeStep(absl::Time header_deadline);
 
   // Switches to a new configuration between steps (same num_ranks);
-  // reallocates buffers if the new one needs more.
+  // reallocates buffers unless only config_version changed.
   absl::Status Reconfigure(const ProtocolConfig& config);
 
   const ProtocolConfig& config() const { return config_; }

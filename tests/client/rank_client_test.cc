@@ -127,5 +127,20 @@ TEST_F(RankClientTest, ServerShutdownGivesUnavailable) {
   EXPECT_EQ(again.status().code(), absl::StatusCode::kUnavailable) << again.status();
 }
 
+#if defined(DCPMERGE_WITH_NCCL)
+TEST_F(RankClientTest, DevicePathNeedsJoinAndAnNcclGroup) {
+  auto c = Client(0);
+  EXPECT_EQ(c->ConnectDevice().code(), absl::StatusCode::kFailedPrecondition);
+  DeviceMergeStep step;
+  EXPECT_EQ(c->MergeOnDevice(step, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
+  ASSERT_TRUE(c->Join().ok());
+  // This server runs the gRPC data plane.
+  const absl::Status st = c->ConnectDevice();
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(std::string(st.message()), HasSubstr("Merge()"));
+  EXPECT_EQ(c->DeviceSizes(1).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+#endif
+
 }  // namespace
 }  // namespace dcpmerge

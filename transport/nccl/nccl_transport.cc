@@ -140,6 +140,13 @@ absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(
       t->Abort(why);
       return absl::UnavailableError(why);
     }
+    if (options.cancel != nullptr && options.cancel->load()) {
+      const std::string why = absl::StrCat(
+          "NCCL communicator init (rank ", rank, " of ", world_size,
+          ") cancelled");
+      t->Abort(why);
+      return absl::CancelledError(why);
+    }
     if (absl::Now() >= init_deadline) {
       const std::string why = absl::StrCat(
           "NCCL communicator init (rank ", rank, " of ", world_size,
@@ -473,6 +480,23 @@ absl::Status NcclTransport::Fill(void*, uint8_t, size_t) { return NoNccl(); }
 absl::Status NcclTransport::Wait(absl::Time) { return NoNccl(); }
 
 #endif  // DCPMERGE_WITH_NCCL
+
+CommunicatorFactory MakeNcclCommunicatorFactory(
+    const NcclTransportOptions& options) {
+  CommunicatorFactory f;
+  f.new_unique_id = [] { return NcclTransport::NewUniqueId(); };
+  f.create = [options](const std::string& unique_id, int world_size, int rank,
+                       absl::Time deadline, const std::atomic<bool>* cancel)
+      -> absl::StatusOr<std::unique_ptr<Transport>> {
+    NcclTransportOptions o = options;
+    o.cancel = cancel;
+    absl::StatusOr<std::unique_ptr<NcclTransport>> t =
+        NcclTransport::Create(unique_id, world_size, rank, o, deadline);
+    if (!t.ok()) return t.status();
+    return std::unique_ptr<Transport>(std::move(*t));
+  };
+  return f;
+}
 
 }  // namespace transport
 }  // namespace dcpmerge

@@ -33,6 +33,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "transport/factory.h"
 #include "transport/transport.h"
 
 namespace dcpmerge {
@@ -50,6 +51,10 @@ struct NcclTransportOptions {
   absl::Duration poll_interval = absl::Microseconds(20);
   // Limit for an enqueue (ncclGroupEnd) that returned ncclInProgress.
   absl::Duration enqueue_timeout = absl::Seconds(30);
+  // Create: once *cancel is true (any thread), the init in progress is
+  // aborted and CANCELLED returned (the server's data plane cancels a
+  // formation when a member is lost or it shuts down). May be null.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 class NcclTransport final : public Transport {
@@ -116,6 +121,12 @@ class NcclTransport final : public Transport {
   bool in_group_ = false;
   std::vector<P2P> group_;
 };
+
+// A CommunicatorFactory (transport/factory.h) of NcclTransports with
+// `options` (its cancel is replaced by the one passed to create). Without
+// NCCL both functions return UNIMPLEMENTED.
+CommunicatorFactory MakeNcclCommunicatorFactory(
+    const NcclTransportOptions& options);
 
 }  // namespace transport
 }  // namespace dcpmerge

@@ -1,0 +1,229 @@
+#include "server/metrics/metrics_exporter.h"
+
+#include <cmath>
+#include <exception>
+#include <limits>
+#include <map>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "prometheus/collectable.h"
+#include "prometheus/exposer.h"
+
+namespace dcpmerge::metrics {
+namespace {
+
+static_assert(static_cast<int>(Phase::kReceive) == 0 && static_cast<int>(Phase::kMerge) == 1 &&
+                  static_cast<int>(Phase::kSend) == 2 && static_cast<int>(Phase::kTotal) == 3,
+              "kPhaseNames follows server/stats.h's Phase");
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+
+MetricFamily Family(const std::string& name, const std::string& help, MetricType type) {
+  MetricFamily f;
+  f.name = name;
+  f.help = help;
+  f.type = type;
+  return f;
+}
+
+ClientMetric Value(MetricType type, double v, std::vector<ClientMetric::Label> labels = {}) {
+  ClientMetric m;
+  m.label = std::move(labels);
+  if (type == MetricType::Counter) {
+    m.counter.value = v;
+  } else {
+    m.gauge.value = v;
+  }
+  return m;
+}
+
+MetricFamily Single(const std::string& name, const std::string& help, MetricType type, double v) {
+  MetricFamily f = Family(name, help, type);
+  f.metric.push_back(Value(type, v));
+  return f;
+}
+
+const char* DataPlaneName(v1::DataPlane p) {
+  switch (p) {
+    case v1::DATA_PLANE_GRPC:
+      return "grpc";
+    case v1::DATA_PLANE_NCCL:
+      return "nccl";
+    default:
+      return "unspecified";
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------ histograms ---
+void LatencyHistograms::Observe(int phase, double us) {
+  if (phase < 0 || phase >= static_cast<int>(phases_.size())) return;
+  if (!(us > 0.0)) us = 0.0;  // negative and NaN
+  PerPhase& p = phases_[phase];
+  size_t b = 0;
+  while (b < kBoundsUs.size() && us > kBoundsUs[b]) ++b;  // le semantics
+  p.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  const double ns = us * 1000.0;
+  p.sum_ns.fetch_add(ns >= 1.8e19 ? std::numeric_limits<uint64_t>::max() / 2 : static_cast<uint64_t>(ns + 0.5),
+                     std::memory_order_relaxed);
+}
+
+MetricFamily LatencyHistograms::Collect() const {
+  MetricFamily f = Family("dcpmerge_step_phase_duration_seconds",
+                          "Step latency per phase: receive = first part to last part, merge = compute call, "
+                          "send = one response handed to the transport, total = first part to results ready",
+                          MetricType::Histogram);
+  for (size_t i = 0; i < phases_.size(); ++i) {
+    const PerPhase& p = phases_[i];
+    ClientMetric m;
+    m.label = {{"phase", kPhaseNames[i]}};
+    // Counts are read bucket by bucket while steps may be recorded; the
+    // total is the sum of what was read, so +Inf always equals _count.
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < p.buckets.size(); ++b) {
+      cumulative += p.buckets[b].load(std::memory_order_relaxed);
+      ClientMetric::Bucket bucket;
+      bucket.cumulative_count = cumulative;
+      bucket.upper_bound =
+          b < kBoundsUs.size() ? kBoundsUs[b] / 1e6 : std::numeric_limits<double>::infinity();
+      m.histogram.bucket.push_back(bucket);
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = static_cast<double>(p.sum_ns.load(std::memory_order_relaxed)) / 1e9;
+    f.metric.push_back(std::move(m));
+  }
+  return f;
+}
+
+// -------------------------------------------------------------- families ---
+std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyHistograms* histograms) {
+  const v1::GetStatsResponse& s = state.stats;
+  const v1::GetConfigResponse& c = state.config;
+  std::vector<MetricFamily> out;
+
+  MetricFamily steps = Family("dcpmerge_steps_total", "Merge steps finished, by result", MetricType::Counter);
+  steps.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.steps_ok()), {{"result", "ok"}}));
+  steps.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.steps_failed()), {{"result", "failed"}}));
+  out.push_back(std::move(steps));
+
+  out.push_back(Single("dcpmerge_steps_in_flight", "Steps collecting parts or being merged", MetricType::Gauge,
+                       static_cast<double>(s.steps_in_flight())));
+
+  MetricFamily bytes = Family("dcpmerge_payload_bytes_total",
+                              "Payload bytes: in = partial outputs + LSEs from the ranks, out = responses",
+                              MetricType::Counter);
+  bytes.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.bytes_in()), {{"direction", "in"}}));
+  bytes.metric.push_back(Value(MetricType::Counter, static_cast<double>(s.bytes_out()), {{"direction", "out"}}));
+  out.push_back(std::move(bytes));
+
+  if (histograms != nullptr) out.push_back(histograms->Collect());
+
+  MetricFamily errors = Family("dcpmerge_step_errors_total",
+                               "Failed step responses sent to ranks, by gRPC status code", MetricType::Counter);
+  const std::map<std::string, uint64_t> by_code(s.errors_by_code().begin(), s.errors_by_code().end());
+  for (const auto& [code, n] : by_code) {
+    errors.metric.push_back(Value(MetricType::Counter, static_cast<double>(n), {{"code", code}}));
+  }
+  out.push_back(std::move(errors));
+
+  out.push_back(Single("dcpmerge_fp8_saturated_total", "FP8 codes that saturated to +-448 in returned outputs",
+                       MetricType::Counter, static_cast<double>(s.fp8_saturated())));
+
+  out.push_back(Single("dcpmerge_ranks_connected", "DCP ranks currently joined", MetricType::Gauge,
+                       static_cast<double>(c.members_size())));
+  out.push_back(Single("dcpmerge_world_size", "Configured DCP ranks N (0: unconfigured)", MetricType::Gauge,
+                       c.configured() ? static_cast<double>(c.config().world_size()) : 0.0));
+  out.push_back(Single("dcpmerge_group_ready",
+                       "1 when configured, every rank joined, the data plane is up and not draining",
+                       MetricType::Gauge, c.group_ready() ? 1.0 : 0.0));
+  out.push_back(Single("dcpmerge_configured", "1 once a configuration is set", MetricType::Gauge,
+                       c.configured() ? 1.0 : 0.0));
+  out.push_back(Single("dcpmerge_draining", "1 while drained (new steps fail UNAVAILABLE)", MetricType::Gauge,
+                       c.draining() ? 1.0 : 0.0));
+  out.push_back(Single("dcpmerge_config_version", "Current config version (bumped by Configure and SetScales)",
+                       MetricType::Gauge, static_cast<double>(c.config_version())));
+
+  MetricFamily scales = Family("dcpmerge_fp8_scale", "Static FP8 scale per layer (value = decode(code) * scale)",
+                               MetricType::Gauge);
+  const std::map<int32_t, float> layer_scales(c.layer_scales().begin(), c.layer_scales().end());
+  for (const auto& [layer, scale] : layer_scales) {
+    scales.metric.push_back(Value(MetricType::Gauge, scale, {{"layer", absl::StrCat(layer)}}));
+  }
+  out.push_back(std::move(scales));
+  out.push_back(Single("dcpmerge_fp8_default_scale", "Static FP8 scale of layers without their own",
+                       MetricType::Gauge, c.default_scale()));
+
+  MetricFamily age = Family("dcpmerge_rank_heartbeat_age_seconds", "Time since each joined rank's last heartbeat",
+                            MetricType::Gauge);
+  for (const v1::Member& m : c.members()) {
+    age.metric.push_back(Value(MetricType::Gauge, m.last_heartbeat_age_ms() / 1e3, {{"rank", absl::StrCat(m.rank())}}));
+  }
+  out.push_back(std::move(age));
+
+  MetricFamily info = Family("dcpmerge_server_info", "Always 1; labels: compute backend and data plane in use",
+                             MetricType::Gauge);
+  info.metric.push_back(Value(MetricType::Gauge, 1.0,
+                              {{"backend", c.backend().empty() ? "unknown" : c.backend()},
+                               {"data_plane", DataPlaneName(c.data_plane())}}));
+  out.push_back(std::move(info));
+
+  MetricFamily nccl = Family("dcpmerge_nccl_communicator_state",
+                             "NCCL communicator state: 1 for the current state, 0 for the others",
+                             MetricType::Gauge);
+  for (const char* st : kNcclStates) {
+    nccl.metric.push_back(Value(MetricType::Gauge, state.nccl_state == st ? 1.0 : 0.0, {{"state", st}}));
+  }
+  out.push_back(std::move(nccl));
+  return out;
+}
+
+// -------------------------------------------------------------- exporter ---
+class MetricsExporter::Collector : public prometheus::Collectable {
+ public:
+  Collector(std::function<ServerState()> source, const LatencyHistograms* histograms)
+      : source_(std::move(source)), histograms_(histograms) {}
+  std::vector<MetricFamily> Collect() const override { return BuildFamilies(source_(), histograms_); }
+
+ private:
+  std::function<ServerState()> source_;
+  const LatencyHistograms* histograms_;
+};
+
+absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(const std::string& address,
+                                                                        std::function<ServerState()> source,
+                                                                        const LatencyHistograms* histograms) {
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics_address: '", address, "' is not host:port (e.g. 0.0.0.0:9400)"));
+  }
+  std::unique_ptr<MetricsExporter> e(new MetricsExporter());
+  e->collector_ = std::make_shared<Collector>(std::move(source), histograms);
+  try {
+    // One HTTP thread: scrapes are rare and each one takes a snapshot.
+    e->exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+  } catch (const std::exception& ex) {
+    return absl::UnavailableError(absl::StrCat("metrics_address: cannot listen on ", address, ": ", ex.what()));
+  }
+  e->exposer_->RegisterCollectable(e->collector_, "/metrics");
+  const std::vector<int> ports = e->exposer_->GetListeningPorts();
+  if (ports.empty() || ports[0] <= 0) {
+    return absl::UnavailableError(absl::StrCat("metrics_address: no listening port for ", address));
+  }
+  e->port_ = ports[0];
+  return e;
+}
+
+MetricsExporter::~MetricsExporter() {
+  // The HTTP server's threads stop here, before the collector goes away.
+  exposer_.reset();
+}
+
+}  // namespace dcpmerge::metrics

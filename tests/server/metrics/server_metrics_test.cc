@@ -1,0 +1,167 @@
+// The server binary with --metrics_address: a real HTTP GET of /metrics
+// before and after merge steps (driven by //client:rank_client), a failed
+// step and a scale update; names, types and values must follow.
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "client/rank_client.h"
+#include "dcpmerge/v1/admin.grpc.pb.h"
+#include "gmock/gmock.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "tests/server/metrics/http_get.h"
+#include "tests/server/server_harness.h"
+#include "tests/testutil/ops_util.h"
+
+namespace dcpmerge {
+namespace {
+
+using testing::Exposition;
+using testing::HttpGet;
+using testing::ParseExposition;
+
+constexpr int kT = 4, kH = 2, kD = 64, kWorld = 2;
+constexpr char kToken[] = "metrics-test-token";
+
+Exposition Scrape(int port) {
+  testing::HttpResponse r = HttpGet(port, "/metrics");
+  EXPECT_EQ(r.status, 200) << r.body;
+  return ParseExposition(r.body);
+}
+
+absl::Status MergeAll(std::vector<std::unique_ptr<RankClient>>& clients, uint64_t step, int32_t layer,
+                      std::vector<int64_t> tokens) {
+  std::vector<absl::Status> st(clients.size());
+  std::vector<std::thread> threads;
+  for (size_t r = 0; r < clients.size(); ++r) {
+    threads.emplace_back([&, r] {
+      const testing::PartData p = testing::MakePart(3, step, static_cast<int>(r), tokens[r], kH, kD);
+      st[r] = clients[r]->Merge(step, layer, tokens[r], p.out.data(), p.out.size(), p.lse.data(), p.lse.size())
+                  .status();
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& s : st) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
+  testing::ServerProc server = testing::StartServer(
+      {"--metrics_address=127.0.0.1:0", absl::StrCat("--world_size=", kWorld), absl::StrCat("--num_heads=", kH),
+       absl::StrCat("--head_size=", kD), absl::StrCat("--max_tokens=", kT), "--default_scale=0.5"},
+      {absl::StrCat("DCPMERGE_ADMIN_TOKEN=", kToken)});
+  ASSERT_GT(server.pid, 0);
+  ASSERT_GT(server.metrics_port, 0);
+
+  Exposition e = Scrape(server.metrics_port);
+  // Types.
+  EXPECT_EQ(e.types["dcpmerge_steps_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_payload_bytes_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_step_errors_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_fp8_saturated_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_step_phase_duration_seconds"], "histogram");
+  EXPECT_EQ(e.types["dcpmerge_ranks_connected"], "gauge");
+  EXPECT_EQ(e.types["dcpmerge_group_ready"], "gauge");
+  EXPECT_EQ(e.types["dcpmerge_config_version"], "gauge");
+  EXPECT_EQ(e.types["dcpmerge_fp8_scale"], "gauge");
+  EXPECT_EQ(e.types["dcpmerge_server_info"], "gauge");
+  EXPECT_EQ(e.types["dcpmerge_nccl_communicator_state"], "gauge");
+  // Values before any step.
+  EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"ok\"}"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_group_ready"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_world_size"), kWorld);
+  EXPECT_EQ(e.Get("dcpmerge_config_version"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_fp8_default_scale"), 0.5);
+  EXPECT_EQ(e.Get("dcpmerge_server_info{backend=\"cpu\",data_plane=\"grpc\"}"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_nccl_communicator_state{state=\"unused\"}"), 1);
+  for (const char* phase : {"receive", "merge", "send", "total"}) {
+    EXPECT_EQ(e.Get(absl::StrCat("dcpmerge_step_phase_duration_seconds_count{phase=\"", phase, "\"}")), 0) << phase;
+  }
+
+  // Join both ranks: connected and ready.
+  std::vector<std::unique_ptr<RankClient>> clients;
+  for (int r = 0; r < kWorld; ++r) {
+    RankClientOptions o;
+    o.target = server.rank_target();
+    o.rank = r;
+    o.world_size = kWorld;
+    o.merge_timeout = absl::Seconds(20);
+    auto c = RankClient::Connect(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    ASSERT_TRUE((*c)->Join().ok());
+    clients.push_back(std::move(*c));
+  }
+  for (auto& c : clients) ASSERT_TRUE(c->WaitForGroupReady(absl::Seconds(20)).ok());
+
+  constexpr int kSteps = 5;
+  for (int s = 0; s < kSteps; ++s) ASSERT_TRUE(MergeAll(clients, 100 + s, 2, {kT, kT}).ok());
+  e = Scrape(server.metrics_port);
+  EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"ok\"}"), kSteps);
+  EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"failed\"}"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), kWorld);
+  EXPECT_EQ(e.Get("dcpmerge_group_ready"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_payload_bytes_total{direction=\"in\"}"),
+            kSteps * kWorld * (kT * kH * kD * 2 + kT * kH * 4));
+  // FP8 per tensor, full return: T*H*D codes per rank per step (+ scale).
+  EXPECT_GE(e.Get("dcpmerge_payload_bytes_total{direction=\"out\"}"), kSteps * kWorld * kT * kH * kD);
+  EXPECT_EQ(e.Get("dcpmerge_step_phase_duration_seconds_count{phase=\"merge\"}"), kSteps);
+  EXPECT_EQ(e.Get("dcpmerge_step_phase_duration_seconds_count{phase=\"total\"}"), kSteps);
+  EXPECT_EQ(e.Get("dcpmerge_step_phase_duration_seconds_count{phase=\"send\"}"), kSteps * kWorld);
+  EXPECT_EQ(e.Get("dcpmerge_step_phase_duration_seconds_bucket{phase=\"total\",le=\"+Inf\"}"), kSteps);
+  EXPECT_GT(e.Get("dcpmerge_step_phase_duration_seconds_sum{phase=\"total\"}"), 0);
+  EXPECT_TRUE(e.Has("dcpmerge_rank_heartbeat_age_seconds{rank=\"1\"}"));
+  // Scale 0.5 on values up to 4 never saturates.
+  EXPECT_EQ(e.Get("dcpmerge_fp8_saturated_total"), 0);
+
+  // A step whose ranks disagree on num_tokens fails for both ranks.
+  EXPECT_EQ(MergeAll(clients, 200, 2, {kT, kT - 1}).code(), absl::StatusCode::kInvalidArgument);
+  // A tiny scale saturates FP8 codes on the next good step.
+  auto admin = v1::Admin::NewStub(grpc::CreateChannel(server.admin_target(), grpc::InsecureChannelCredentials()));
+  v1::SetScalesRequest req;
+  (*req.mutable_layer_scales())[2] = 1e-3f;
+  v1::SetScalesResponse resp;
+  ASSERT_TRUE(testing::AdminCall(admin.get(), &v1::Admin::Stub::SetScales, req, &resp,
+                                 absl::StrCat("Bearer ", kToken))
+                  .ok());
+  ASSERT_TRUE(MergeAll(clients, 201, 2, {kT, kT}).ok());
+  e = Scrape(server.metrics_port);
+  EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"failed\"}"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"ok\"}"), kSteps + 1);
+  EXPECT_EQ(e.Get("dcpmerge_step_errors_total{code=\"INVALID_ARGUMENT\"}"), kWorld);
+  EXPECT_EQ(e.Get("dcpmerge_config_version"), static_cast<double>(resp.config_version()));
+  EXPECT_EQ(e.Get("dcpmerge_config_version"), 2);
+  EXPECT_FLOAT_EQ(static_cast<float>(e.Get("dcpmerge_fp8_scale{layer=\"2\"}")), 1e-3f);
+  EXPECT_GT(e.Get("dcpmerge_fp8_saturated_total"), 0);
+
+  // Ranks leave: gauges drop.
+  clients.clear();
+  e = Scrape(server.metrics_port);
+  EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_group_ready"), 0);
+
+  const int port = server.metrics_port;
+  EXPECT_EQ(testing::StopServer(server), 0);
+  EXPECT_EQ(HttpGet(port, "/metrics").status, -1) << "metrics listener still open after exit";
+}
+
+TEST(ServerMetricsTest, BusyMetricsPortFailsStartUp) {
+  testing::ServerProc first = testing::StartServer({"--metrics_address=127.0.0.1:0"}, {});
+  ASSERT_GT(first.metrics_port, 0);
+  const std::string out = testing::TmpPath("err");
+  const pid_t pid = testing::Spawn({testing::Runfile("server/dcpmerge_server"), "--rank_address=127.0.0.1:0",
+                                    "--admin_address=127.0.0.1:0", "--backend=cpu",
+                                    absl::StrCat("--metrics_address=127.0.0.1:", first.metrics_port)},
+                                   {}, "", out);
+  EXPECT_EQ(testing::WaitExit(pid, absl::Seconds(20)), 1);
+  EXPECT_THAT(testing::ReadFile(out), ::testing::HasSubstr("metrics_address"));
+  EXPECT_EQ(testing::StopServer(first), 0);
+}
+
+}  // namespace
+}  // namespace dcpmerge
