@@ -567,8 +567,8 @@ void FillInfo(const transport::ResponseHeader& h, DeviceStepInfo* info) {
 
 }  // namespace
 
-absl::Status RankClient::CheckResponse(const DeviceTicket& ticket, DeviceStepInfo* info) {
-  absl::MutexLock device_lock(&device_mu_);
+absl::StatusOr<std::shared_ptr<RankClient::Device>> RankClient::DeviceOf(
+    const DeviceTicket& ticket) {
   std::shared_ptr<Device> d;
   {
     absl::MutexLock lock(&mu_);
@@ -578,6 +578,14 @@ absl::Status RankClient::CheckResponse(const DeviceTicket& ticket, DeviceStepInf
     return absl::UnavailableError(
         "the step was enqueued on a communicator that is gone (the rank joined again); its output is void");
   }
+  return d;
+}
+
+absl::Status RankClient::CheckResponse(const DeviceTicket& ticket, DeviceStepInfo* info) {
+  absl::MutexLock device_lock(&device_mu_);
+  absl::StatusOr<std::shared_ptr<Device>> device = DeviceOf(ticket);
+  if (!device.ok()) return device.status();
+  const std::shared_ptr<Device>& d = *device;
   transport::ResponseHeader h{};
   absl::Status st = d->protocol->CheckResponse(ticket.ticket, &h);
   // No valid response in the slot and the communicator aborted: the step
@@ -589,15 +597,9 @@ absl::Status RankClient::CheckResponse(const DeviceTicket& ticket, DeviceStepInf
 
 absl::Status RankClient::WaitDevice(const DeviceTicket& ticket, absl::Duration timeout, DeviceStepInfo* info) {
   absl::MutexLock device_lock(&device_mu_);
-  std::shared_ptr<Device> d;
-  {
-    absl::MutexLock lock(&mu_);
-    d = device_;
-  }
-  if (d == nullptr || d->serial != ticket.communicator) {
-    return absl::UnavailableError(
-        "the step was enqueued on a communicator that is gone (the rank joined again); its output is void");
-  }
+  absl::StatusOr<std::shared_ptr<Device>> device = DeviceOf(ticket);
+  if (!device.ok()) return device.status();
+  const std::shared_ptr<Device>& d = *device;
   transport::ResponseHeader h{};
   absl::Status st = d->protocol->Complete(ticket.ticket, absl::Now() + timeout, &h);
   if (!st.ok() && d->transport->aborted() && (absl::IsInternal(st) || absl::IsUnavailable(st))) {

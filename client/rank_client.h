@@ -233,6 +233,9 @@ class RankClient {
   // Aborts the device communicator (heartbeat thread, Join, destructor).
   void AbortDevice(const std::string& why);
   absl::Status DeviceGone(const Device& d) const;
+  // The communicator `ticket` was enqueued on, or UNAVAILABLE when it is gone.
+  absl::StatusOr<std::shared_ptr<Device>> DeviceOf(const DeviceTicket& ticket)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(device_mu_);
   absl::Mutex device_mu_;  // serialises device calls; taken before mu_
   std::shared_ptr<Device> device_ ABSL_GUARDED_BY(mu_);
   uint64_t device_serial_ ABSL_GUARDED_BY(mu_) = 0;

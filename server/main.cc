@@ -1,6 +1,6 @@
 // dcpmerge_server: merges the partial attention outputs of a DCP group.
 //
-//   dcpmerge_server --world_size=4 --num_heads=16 --head_size=512 \
+//   dcpmerge_server --world_size=4 --num_heads=16 --head_size=512
 //       --max_tokens=64 --input_dtype=bf16 --output_mode=fp8_per_tensor
 //
 // Without the shape flags it starts unconfigured; Configure it through the
