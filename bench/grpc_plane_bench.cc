@@ -21,7 +21,6 @@
 // only) comes from the server's stats (the numbers Admin.GetStats returns).
 //
 //   bazel run -c opt //bench:grpc_plane_bench [-- --quick]
-#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -56,6 +55,7 @@
 #include "server/config_store.h"
 #include "server/log.h"
 #include "server/merge_server.h"
+#include "server/stats.h"
 
 ABSL_FLAG(int32_t, max_steps, 2000, "Timed steps per measurement, at most");
 ABSL_FLAG(int32_t, min_steps, 30, "Timed steps per measurement, at least (even past the time budget)");
@@ -83,12 +83,6 @@ int64_t NowNs() {
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
 }
 
 // splitmix64.
@@ -656,8 +650,6 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("grpc_plane_bench: dcpmerge's gRPC data plane vs a raw gRPC echo, on loopback");
   absl::ParseCommandLine(argc, argv);
-  // As server/main.cc and the demo: keep freed MB-sized buffers in the heap.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  dcpmerge::KeepFreedBuffersInHeap();
   return dcpmerge::Run();
 }

@@ -5,7 +5,6 @@
 //
 // Without the shape flags it starts unconfigured; Configure it through the
 // admin service. SIGTERM/SIGINT: graceful shutdown, exit 0.
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
@@ -230,9 +229,6 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "dcpmerge_server: fused N-way attention merge + FP8 for a DCP group");
   absl::ParseCommandLine(argc, argv);
-  // Per-step buffers are MBs: keep freed memory in the heap instead of
-  // returning it to the kernel (fresh pages fault on every step otherwise).
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  dcpmerge::KeepFreedBuffersInHeap();
   return dcpmerge::Run();
 }

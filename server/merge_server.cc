@@ -1,5 +1,7 @@
 #include "server/merge_server.h"
 
+#include <malloc.h>
+
 #include <fstream>
 #include <sstream>
 #include <utility>
@@ -16,6 +18,11 @@
 #include "server/log.h"
 
 namespace dcpmerge {
+
+void KeepFreedBuffersInHeap() {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 namespace {
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view flag) {

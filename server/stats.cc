@@ -12,19 +12,26 @@ void LatencyWindow::Add(double us) {
   count_ = std::min(count_ + 1, samples_.size());
 }
 
+double PercentileOfSorted(const std::vector<double>& sorted, double p) {
+  if (sorted.empty()) return 0.0;
+  const size_t i = static_cast<size_t>(p * (sorted.size() - 1) + 0.5);
+  return sorted[std::min(i, sorted.size() - 1)];
+}
+
+double Percentile(std::vector<double> samples, double p) {
+  std::sort(samples.begin(), samples.end());
+  return PercentileOfSorted(samples, p);
+}
+
 v1::LatencySummary LatencyWindow::Summary() const {
   v1::LatencySummary s;
   s.set_count(count_);
   if (count_ == 0) return s;
   std::vector<double> v(samples_.begin(), samples_.begin() + count_);
   std::sort(v.begin(), v.end());
-  auto pct = [&v](double p) {
-    size_t i = static_cast<size_t>(p * (v.size() - 1) + 0.5);
-    return v[std::min(i, v.size() - 1)];
-  };
-  s.set_p50_us(pct(0.50));
-  s.set_p90_us(pct(0.90));
-  s.set_p99_us(pct(0.99));
+  s.set_p50_us(PercentileOfSorted(v, 0.50));
+  s.set_p90_us(PercentileOfSorted(v, 0.90));
+  s.set_p99_us(PercentileOfSorted(v, 0.99));
   s.set_max_us(v.back());
   return s;
 }

@@ -9,7 +9,6 @@
 // (decode(FP8) * scale vs exact). Half way through, the admin service
 // changes the static FP8 scales (SetScales); steps report which config
 // version they used. Prints a summary at the end.
-#include <malloc.h>
 
 #include <algorithm>
 #include <atomic>
@@ -37,6 +36,7 @@
 #include "kernels/numeric.h"
 #include "server/log.h"
 #include "server/merge_server.h"
+#include "server/stats.h"
 
 ABSL_FLAG(int32_t, ranks, 4, "DCP ranks (simulated, one thread each)");
 ABSL_FLAG(int32_t, tokens, 64, "Tokens per step");
@@ -95,12 +95,6 @@ class Barrier {
   int count_ = 0;
   uint64_t gen_ = 0;
 };
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
-}
 
 int Run() {
   const int N = absl::GetFlag(FLAGS_ranks), T = absl::GetFlag(FLAGS_tokens);
@@ -397,9 +391,6 @@ int Run() {
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("dcpmerge_demo: server + simulated DCP ranks on loopback");
   absl::ParseCommandLine(argc, argv);
-  // Per-step buffers are MBs: keep freed memory in the heap instead of
-  // returning it to the kernel (fresh pages fault on every step otherwise).
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  dcpmerge::KeepFreedBuffersInHeap();
   return dcpmerge::Run();
 }
