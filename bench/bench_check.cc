@@ -1,5 +1,6 @@
 #include "bench/bench_check.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <vector>
 
@@ -9,17 +10,27 @@
 namespace dcpmerge {
 namespace bench {
 
-CheckResult CheckFp8PerTensor(int dtype, int num_parts, int64_t num_tokens,
-                              int num_heads, int head_size,
-                              const void* const* parts, const float* const* lses,
-                              float scale, const uint8_t* codes) {
+bool WithinOneStep(uint8_t a, uint8_t b) {
+  if (a == b) return true;
+  const bool an = (a & 0x7F) == 0x7F, bn = (b & 0x7F) == 0x7F;
+  if (an || bn) return false;
+  const int oa = (a & 0x80) ? -(a & 0x7F) : (a & 0x7F);
+  const int ob = (b & 0x80) ? -(b & 0x7F) : (b & 0x7F);
+  return std::abs(oa - ob) <= 1;
+}
+
+CheckResult CheckFp8(int dtype, int mode, int num_parts, int64_t num_tokens,
+                     int num_heads, int head_size, const void* const* parts,
+                     const float* const* lses, float scale, const uint8_t* codes,
+                     const float* scales) {
   CheckResult r;
   MergeArgs a;
   a.shape = {num_parts, num_tokens, num_heads, head_size};
   a.config.input_dtype = static_cast<DType>(dtype);
   a.config.lse_base = LseBase::kNatural;
   a.config.lse_layout = LseLayout::kHeadsTokens;
-  a.config.output_mode = OutputMode::kFp8PerTensor;
+  a.config.output_mode = static_cast<OutputMode>(mode);
+  a.config.group_size = 128;
   const int64_t elems = num_tokens * num_heads * head_size;
   for (int i = 0; i < num_parts; ++i) {
     a.partial_out[i] = parts[i];
@@ -32,20 +43,19 @@ CheckResult CheckFp8PerTensor(int dtype, int num_parts, int64_t num_tokens,
   a.static_scale = &scale;
   std::vector<uint8_t> ref(elems);
   a.out = {ref.data(), ref.size()};
+  const int64_t nscales = OutputScaleCount(a.shape, a.config);
+  std::vector<float> ref_scales(nscales);
+  if (nscales > 0) a.out_scales = {ref_scales.data(), ref_scales.size() * 4};
   if (!MergeOnCpu(a).ok()) return r;
   r.ok = true;
   for (int64_t e = 0; e < elems; ++e) {
     ++r.compared;
-    const uint8_t g = codes[e], c = ref[e];
-    if (g == c) continue;
-    const bool gn = (g & 0x7F) == 0x7F, cn = (c & 0x7F) == 0x7F;
-    if (gn || cn) {
-      if (!(gn && cn)) ++r.far;
-      continue;
-    }
-    const int og = (g & 0x80) ? -(g & 0x7F) : (g & 0x7F);
-    const int oc = (c & 0x80) ? -(c & 0x7F) : (c & 0x7F);
-    if (std::abs(og - oc) <= 1) ++r.one_step; else ++r.far;
+    if (codes[e] == ref[e]) continue;
+    if (WithinOneStep(codes[e], ref[e])) ++r.one_step; else ++r.far;
+  }
+  for (int64_t i = 0; i < nscales; ++i) {
+    if (!(std::fabs(scales[i] - ref_scales[i]) <= 1e-6f * std::fabs(ref_scales[i])))
+      ++r.scale_diff;
   }
   return r;
 }

@@ -1,23 +1,28 @@
-// Instantiates the merge kernel family (merge_kernel.cuh) and launches it.
+// Instantiates the merge kernels (merge_kernel.cuh), picks a schedule from
+// the shape and launches.
 //
-// Dispatch table: [input dtype][output mode][item width][parts per batch],
-// 3 x 4 x 2 x 3 = 72 kernels of one template (merge_kernel.cuh).
-// Launch configuration, chosen from the shape (VEC = 16 / sizeof(T)):
-//   item width W: 2*VEC (two 16-byte loads per part per thread) when 2*VEC
-//     divides D and either N <= 4 (few parts: few loads per thread) or the
-//     grid is large (N <= 8: >= 3.5 CTAs/SM, N <= 16: >= 7, measured); else
-//     VEC (lower latency per thread for small grids and large N);
-//   parts per batch NB: 2, 4 or 8, the smallest >= N (4 at most with wide
-//     items), so registers match N;
-//   per-tensor, per-group, passthrough: one item per thread, items =
-//     T*H*D/W; threads = 256, or fewer (>= 64) when that gives each SM at
-//     least one CTA; grid = ceil(items / threads);
-//   per-token: one CTA per token, threads = round_up(min(512, H*D/W), 32),
-//     items held in registers (4 per thread, 2 with wide items) when
-//     H*D/W <= threads * slots, else the two-pass fallback;
-//   prefetch: when the grid is at most 2 CTAs per SM (a single wave:
-//     decode shapes, latency-bound), each thread L2-prefetches its item in
-//     parts >= NB before it starts, overlapping their DRAM latency.
+// Kernels: [input dtype][output mode][parts per thread], from one template
+// each (MergeRowsKernel, MergeTokenKernel for per-token). Parts per thread
+// (PPT) is 2, 4, 8 or 16 with a 16-entry part table (N <= 16), or 4 or 16
+// with the full 64-entry table: 3 x 4 x 6 = 72 kernels.
+//
+// Schedule (P = part groups, V = items per CTA; merge_kernel.cuh):
+//   PPT is the smallest bucket >= N for N <= 8 (P = 1); 4 for N = 9..16
+//     (P = ceil(N / 4), partial sums combined in shared memory); for N > 16,
+//     4 on small grids (fewer than kSplitItemsPerSm items per SM) and 16 on
+//     large ones.
+//   CTA: P x V threads, 128 or, when P > 4, P x 32 (V = 32); at most
+//     MaxCtaThreads(PPT).
+//   Per token: with fewer tokens than 2 per SM, the token's C CTAs (a
+//     cluster, sm_90+) are as many as it takes to hold its items in
+//     registers and to give every SM a CTA (C <= kMaxClusterCtas); P
+//     shrinks until P x span fits a CTA. With more tokens, one CTA each;
+//     the items beyond one pass wait in shared memory (<= kMaxStageBytes),
+//     or are merged twice.
+//   PDL only when asked for (MergeLaunchOptions::pdl): it pays when the
+//     kernel before the merge triggers its dependents early, and costs a
+//     little when it does not (docs/benchmarks.md).
+// MergeLaunchOptions overrides each choice (tests, bench).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -32,142 +37,307 @@ namespace dcpmerge {
 namespace cuda {
 namespace {
 
-using KernelFn = void (*)(MergeKernelParams);
+// N > 16: grids of fewer items than this per SM take 4 parts per thread.
+constexpr int64_t kSplitItemsPerSm = 64;
+// Thread-block cluster size for per-token decode: 16, the non-portable
+// maximum of sm_90 (a token spread over more SMs; measured faster than 8).
+constexpr int kMaxClusterCtas = 16;
+constexpr int kMaxPortableClusterCtas = 8;
+// Per-token staging of merged values in shared memory, per CTA.
+constexpr int64_t kMaxStageBytes = 96 << 10;
 
-template <typename T, int MODE, int CHUNKS, int NB>
-constexpr KernelFn Pick() {
-  return &MergeKernel<T, MODE, CHUNKS, (MODE == kModeFp8PerToken ? 4 / CHUNKS : 1), NB>;
+template <int kCap>
+using KernelFn = void (*)(KernelArgs<kCap>);
+
+template <typename T, int MODE, int PPT, int kCap>
+constexpr KernelFn<kCap> KernelFor() {
+  if constexpr (MODE == kModeFp8PerToken) {
+    return &MergeTokenKernel<T, PPT, kCap>;
+  } else {
+    return &MergeRowsKernel<T, MODE, PPT, kCap>;
+  }
 }
 
-// [mode][wide][batch: 2, 4, 8 parts] for one dtype.
-template <typename T, int MODE>
-struct ModeRow {
-  KernelFn fn[2][3] = {
-      {Pick<T, MODE, 1, 2>(), Pick<T, MODE, 1, 4>(), Pick<T, MODE, 1, 8>()},
-      {Pick<T, MODE, 2, 2>(), Pick<T, MODE, 2, 4>(), Pick<T, MODE, 2, 4>()},
+// [mode][PPT bucket] for one dtype and part-table size.
+template <typename T, int kCap, int... kPpt>
+struct KernelTable {
+  static constexpr int kPpts[] = {kPpt...};
+  KernelFn<kCap> fn[4][sizeof...(kPpt)] = {
+      {KernelFor<T, kModeFp8PerTensor, kPpt, kCap>()...},
+      {KernelFor<T, kModeFp8PerToken, kPpt, kCap>()...},
+      {KernelFor<T, kModeFp8PerGroup, kPpt, kCap>()...},
+      {KernelFor<T, kModePassthrough, kPpt, kCap>()...},
   };
+  KernelFn<kCap> Get(int mode, int ppt) const {
+    for (int i = 0; i < static_cast<int>(sizeof...(kPpt)); ++i)
+      if (kPpts[i] == ppt) return fn[mode][i];
+    return nullptr;
+  }
 };
 
 template <typename T>
-struct ModeTable {
-  ModeRow<T, kModeFp8PerTensor> per_tensor;
-  ModeRow<T, kModeFp8PerToken> per_token;
-  ModeRow<T, kModeFp8PerGroup> per_group;
-  ModeRow<T, kModePassthrough> passthrough;
-  KernelFn Get(int mode, int wide, int nb) const {
-    switch (mode) {
-      case kModeFp8PerTensor: return per_tensor.fn[wide][nb];
-      case kModeFp8PerToken: return per_token.fn[wide][nb];
-      case kModeFp8PerGroup: return per_group.fn[wide][nb];
-      default: return passthrough.fn[wide][nb];
-    }
-  }
+struct DTypeKernels {
+  KernelTable<T, kSmallPartTable, 2, 4, 8, 16> small;
+  KernelTable<T, kKernelMaxParts, 4, 16> full;
 };
 
-KernelFn Lookup(int dtype, int mode, int wide, int num_parts) {
-  static const ModeTable<float> f32;
-  static const ModeTable<__half> f16;
-  static const ModeTable<__nv_bfloat16> bf16;
-  const int nb = num_parts <= 2 ? 0 : num_parts <= 4 ? 1 : 2;
-  switch (dtype) {
-    case kKernelF32: return f32.Get(mode, wide, nb);
-    case kKernelF16: return f16.Get(mode, wide, nb);
-    case kKernelBF16: return bf16.Get(mode, wide, nb);
-  }
-  return nullptr;
-}
+struct DeviceInfo {
+  int sms = 0;
+  int cc_major = 0;
+};
 
 constexpr int kMaxDevices = 64;
-std::atomic<int> g_sm_count[kMaxDevices];
-std::atomic<int> g_smem_optin[kMaxDevices];
+std::atomic<int> g_sms[kMaxDevices];
+std::atomic<int> g_cc_major[kMaxDevices];
 
-cudaError_t DeviceLimits(int* sms, int* smem_optin) {
+cudaError_t GetDeviceInfo(DeviceInfo* info) {
   int dev = 0;
   cudaError_t err = cudaGetDevice(&dev);
   if (err != cudaSuccess) return err;
-  if (dev >= 0 && dev < kMaxDevices) {
-    *sms = g_sm_count[dev].load(std::memory_order_relaxed);
-    *smem_optin = g_smem_optin[dev].load(std::memory_order_relaxed);
-    if (*sms > 0 && *smem_optin > 0) return cudaSuccess;
+  const bool cached = dev >= 0 && dev < kMaxDevices;
+  if (cached) {
+    info->sms = g_sms[dev].load(std::memory_order_relaxed);
+    info->cc_major = g_cc_major[dev].load(std::memory_order_relaxed);
+    if (info->sms > 0) return cudaSuccess;
   }
-  err = cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, dev);
+  err = cudaDeviceGetAttribute(&info->sms, cudaDevAttrMultiProcessorCount, dev);
   if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+  err = cudaDeviceGetAttribute(&info->cc_major, cudaDevAttrComputeCapabilityMajor, dev);
   if (err != cudaSuccess) return err;
-  if (dev >= 0 && dev < kMaxDevices) {
-    g_sm_count[dev].store(*sms, std::memory_order_relaxed);
-    g_smem_optin[dev].store(*smem_optin, std::memory_order_relaxed);
+  if (cached) {
+    g_cc_major[dev].store(info->cc_major, std::memory_order_relaxed);
+    g_sms[dev].store(info->sms, std::memory_order_relaxed);
   }
   return cudaSuccess;
 }
 
-int RoundUp32(int64_t x) { return static_cast<int>((x + 31) / 32 * 32); }
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int RoundUp32(int64_t x) { return static_cast<int>(CeilDiv(x, 32) * 32); }
+
+FastDiv MakeFastDiv(uint32_t d) {
+  FastDiv f;
+  f.d = d;
+  int l = 0;
+  while ((uint64_t{1} << l) < d) ++l;  // ceil(log2(d))
+  const unsigned __int128 num = static_cast<unsigned __int128>((uint64_t{1} << l) - d) << 64;
+  f.magic = static_cast<uint64_t>(num / d) + 1;
+  f.shift1 = l > 0 ? 1 : 0;
+  f.shift2 = l > 0 ? static_cast<uint32_t>(l - 1) : 0;
+  return f;
+}
+
+// Parts-per-thread buckets a kernel exists for (merge_kernel.cuh): 2, 4, 8,
+// 16 with the small table (only 4 splits), 4 and 16 with the full one.
+int PptBucket(int x, bool full_table) {
+  if (full_table) return x <= 4 ? 4 : 16;
+  return x <= 2 ? 2 : x <= 4 ? 4 : x <= 8 ? 8 : 16;
+}
+
+bool Splittable(int ppt, bool full_table) { return full_table || ppt == 4; }
+
+struct Plan {
+  int ppt = 0;
+  int part_groups = 1;
+  int threads = 0;
+  int ctas_per_token = 1;
+  int64_t grid = 0;
+  int stage_bytes = 0;
+  int smem = 0;
+  bool pdl = false;
+};
+
+void SetPpt(int n, int ppt, bool full, Plan* plan) {
+  if (CeilDiv(n, ppt) > 1 && !Splittable(ppt, full)) ppt = 4;
+  plan->ppt = ppt;
+  plan->part_groups = static_cast<int>(CeilDiv(n, ppt));
+}
+
+// Parts per thread and part groups for a grid of `items` items: split down
+// to 4 parts per thread while the grid is small.
+void PlanPartGroups(int n, int64_t items, const DeviceInfo& dev, const MergeLaunchOptions& o,
+                    Plan* plan) {
+  const bool full = n > kSmallPartTable;
+  if (o.part_groups > 0) {
+    SetPpt(n, PptBucket(static_cast<int>(CeilDiv(n, o.part_groups)), full), full, plan);
+    return;
+  }
+  // Measured on an H200 (docs/benchmarks.md): up to 8 parts, one thread
+  // takes them all; from 9 to 16, four parts per thread (P = 2..4) beat 16
+  // per thread at nearly every shape; above 16, four per thread at decode
+  // sizes, 16 on large grids.
+  int ppt = 4;
+  if (full) {
+    ppt = items < kSplitItemsPerSm * dev.sms ? 4 : 16;
+  } else if (n <= 8) {
+    ppt = PptBucket(n, false);
+  }
+  SetPpt(n, ppt, full, plan);
+}
+
+cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo& dev,
+                     const MergeLaunchOptions& o, Schedule* sc, Plan* plan) {
+  sc->items_per_row = p.head_size / vec;
+  sc->items = p.num_tokens * p.num_heads * sc->items_per_row;
+  sc->by_items_per_row = MakeFastDiv(static_cast<uint32_t>(sc->items_per_row));
+  sc->by_heads = MakeFastDiv(static_cast<uint32_t>(p.num_heads));
+  const int n = p.num_parts;
+  const bool full = n > kSmallPartTable;
+  if (o.threads_per_cta != 0 &&
+      (o.threads_per_cta < 32 || o.threads_per_cta > kMaxCtaThreads ||
+       o.threads_per_cta % 32 != 0))
+    return cudaErrorInvalidValue;
+  if (o.part_groups < 0 || o.part_groups > 16 || o.ctas_per_token < 0 ||
+      o.ctas_per_token > 16)
+    return cudaErrorInvalidValue;
+  plan->pdl = o.pdl > 0 && dev.cc_major >= 9;
+
+  if (mode != kModeFp8PerToken) {
+    PlanPartGroups(n, sc->items, dev, o, plan);
+    const int P = plan->part_groups;
+    const int threads = o.threads_per_cta > 0
+                            ? std::min(o.threads_per_cta, MaxCtaThreads(plan->ppt))
+                            : std::max(128, P * 32);
+    const int V = std::max(32, threads / P / 32 * 32);
+    if (P * V > MaxCtaThreads(plan->ppt)) return cudaErrorInvalidValue;
+    sc->items_per_cta = V;
+    plan->threads = P * V;
+    plan->grid = CeilDiv(sc->items, V);
+  } else {
+    const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc->items_per_row;
+    const bool clusters = dev.cc_major >= 9;
+    int64_t c = o.ctas_per_token;
+    if (c == 0 && clusters && p.num_tokens < 2 * dev.sms) {
+      // Few tokens: a token's CTAs (a cluster) are as many as hold its items
+      // in registers in one pass and, at small T, give every SM a CTA.
+      const int64_t fit = CeilDiv(token_items, MaxCtaThreads(PptBucket(std::min(n, 16), full)));
+      const int64_t spread = std::min(CeilDiv(dev.sms, p.num_tokens), CeilDiv(token_items, 32));
+      c = std::max(fit, spread);
+    }
+    c = std::max<int64_t>(1, std::min<int64_t>(c, clusters ? kMaxClusterCtas : 1));
+    sc->ctas_per_token = static_cast<int>(c);
+    sc->token_span = static_cast<int32_t>(CeilDiv(token_items, c));
+    const int span = RoundUp32(sc->token_span);
+    // Parts per thread: as the rows would have it, then the most splitting
+    // that still holds the CTA's items in one pass.
+    PlanPartGroups(n, sc->items, dev, o, plan);
+    while (o.part_groups == 0 && plan->part_groups > 1 &&
+           plan->part_groups * span > MaxCtaThreads(plan->ppt)) {
+      const int next = full ? 16 : PptBucket(std::min(n, 16), false);
+      if (next == plan->ppt) break;
+      SetPpt(n, next, full, plan);
+    }
+    const int P = plan->part_groups;
+    const int cap = o.threads_per_cta > 0
+                        ? std::min(o.threads_per_cta, MaxCtaThreads(plan->ppt))
+                        : MaxCtaThreads(plan->ppt);
+    const int V = std::min(std::max(32, cap / P / 32 * 32), span);
+    if (P * V > MaxCtaThreads(plan->ppt)) return cudaErrorInvalidValue;
+    sc->items_per_cta = V;
+    // Items beyond one pass wait in shared memory where they fit.
+    const int64_t stage_bytes = CeilDiv(sc->token_span, V) * V * vec * 4;
+    sc->stage = sc->token_span > V && stage_bytes <= kMaxStageBytes ? 1 : 0;
+    plan->stage_bytes = sc->stage ? static_cast<int>(stage_bytes) : 0;
+    plan->threads = P * V;
+    plan->grid = p.num_tokens * c;
+    plan->ctas_per_token = sc->ctas_per_token;
+  }
+  sc->part_groups = plan->part_groups;
+  sc->pdl = plan->pdl ? 1 : 0;
+  if (mode == kModeFp8PerGroup) {
+    int lanes_log2 = 0;
+    while ((vec << lanes_log2) < p.group_size) ++lanes_log2;
+    sc->group_lanes_log2 = lanes_log2;
+  }
+  plan->smem = CombineSmemBytes(plan->part_groups, sc->items_per_cta, vec) + plan->stage_bytes;
+  if (plan->grid > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+template <int kCap>
+cudaError_t Launch(KernelFn<kCap> fn, const MergeKernelParams& params, const Schedule& sc,
+                   const Plan& plan, cudaStream_t stream) {
+  if (fn == nullptr) return cudaErrorInvalidValue;
+  KernelArgs<kCap> args;
+  args.problem = params.problem;
+  args.sched = sc;
+  for (int i = 0; i < kCap; ++i) {
+    args.part_out[i] = i < params.problem.num_parts ? params.part_out[i] : nullptr;
+    args.part_lse[i] = i < params.problem.num_parts ? params.part_lse[i] : nullptr;
+  }
+  cudaLaunchAttribute attrs[2];
+  int num_attrs = 0;
+  if (plan.pdl) {
+    attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attrs[num_attrs].val.programmaticStreamSerializationAllowed = 1;
+    ++num_attrs;
+  }
+  if (plan.ctas_per_token > 1) {
+    attrs[num_attrs].id = cudaLaunchAttributeClusterDimension;
+    attrs[num_attrs].val.clusterDim.x = static_cast<unsigned>(plan.ctas_per_token);
+    attrs[num_attrs].val.clusterDim.y = 1;
+    attrs[num_attrs].val.clusterDim.z = 1;
+    ++num_attrs;
+  }
+  // Clusters above the portable size need the kernel's consent (sm_90: 16).
+  if (plan.ctas_per_token > kMaxPortableClusterCtas) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+  }
+  // Above 48 KB a kernel takes shared memory only when allowed to.
+  if (plan.smem > (48 << 10)) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem);
+    if (err != cudaSuccess) return err;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.grid));
+  cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
+  cfg.dynamicSmemBytes = static_cast<size_t>(plan.smem);
+  cfg.stream = stream;
+  cfg.attrs = attrs;
+  cfg.numAttrs = static_cast<unsigned>(num_attrs);
+  const cudaError_t err = cudaLaunchKernelEx(&cfg, fn, args);
+  return err != cudaSuccess ? err : cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t LaunchFor(const MergeKernelParams& params, int mode, const Schedule& sc,
+                      const Plan& plan, cudaStream_t stream) {
+  static const DTypeKernels<T> kernels;
+  if (params.problem.num_parts <= kSmallPartTable)
+    return Launch(kernels.small.Get(mode, plan.ppt), params, sc, plan, stream);
+  return Launch(kernels.full.Get(mode, plan.ppt), params, sc, plan, stream);
+}
 
 }  // namespace
 
-cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype,
-                              int32_t mode, cudaStream_t stream,
-                              const MergeLaunchOptions& options) {
-  if (dtype < 0 || dtype > 2 || mode < 0 || mode > 3 || params.num_parts < 1 ||
-      params.num_parts > kMaxKernelParts || params.num_heads < 1 ||
-      params.head_size < 1 || params.num_tokens < 0) {
+cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype, int32_t mode,
+                              cudaStream_t stream, const MergeLaunchOptions& options) {
+  const MergeProblem& p = params.problem;
+  if (dtype < kKernelF32 || dtype > kKernelBF16 || mode < kModeFp8PerTensor ||
+      mode > kModePassthrough || p.num_parts < 1 || p.num_parts > kKernelMaxParts ||
+      p.num_heads < 1 || p.head_size < 1 || p.num_tokens < 0) {
     return cudaErrorInvalidValue;
   }
-  if (params.num_tokens == 0) return cudaSuccess;
-  int sms = 0, smem_optin = 0;
-  const cudaError_t err = DeviceLimits(&sms, &smem_optin);
-  if (err != cudaSuccess) return err;
-
+  if (p.num_tokens == 0) return cudaSuccess;
   const int vec = dtype == kKernelF32 ? 4 : 8;
-  int wide = 0;
-  if (options.wide >= 0) {
-    wide = options.wide > 0 ? 1 : 0;
-  } else if (params.num_parts <= 4) {
-    wide = 1;
-  } else if (params.num_parts <= 16 && mode != kModeFp8PerToken) {
-    // Measured crossover on an H100 (docs/benchmarks.md): two vectors per
-    // thread win once the one-vector grid has >= 3.5 (N <= 8) or >= 7
-    // (N <= 16) CTAs of 256 threads per SM; below that the extra latency
-    // per thread costs more than the bytes in flight gain.
-    const int64_t narrow_ctas =
-        params.num_tokens * params.num_heads * (params.head_size / vec) / 256;
-    wide = narrow_ctas * 2 >= static_cast<int64_t>(params.num_parts <= 8 ? 7 : 14) * sms ? 1 : 0;
-  }
-  if (wide && params.head_size % (2 * vec) != 0) wide = 0;
-  const int item = vec * (wide ? 2 : 1);
-  if (params.head_size % vec != 0) return cudaErrorInvalidValue;
+  if (p.head_size % vec != 0) return cudaErrorInvalidValue;
   if (mode == kModeFp8PerGroup &&
-      (params.group_size % item != 0 || params.group_size / item > 32 ||
-       params.head_size % params.group_size != 0)) {
+      (p.group_size % vec != 0 || p.group_size / vec > 32 || p.head_size % p.group_size != 0))
     return cudaErrorInvalidValue;
+  DeviceInfo dev;
+  cudaError_t err = GetDeviceInfo(&dev);
+  if (err != cudaSuccess) return err;
+  Schedule sc;
+  Plan plan;
+  err = MakePlan(p, mode, vec, dev, options, &sc, &plan);
+  if (err != cudaSuccess) return err;
+  switch (dtype) {
+    case kKernelF32: return LaunchFor<float>(params, mode, sc, plan, stream);
+    case kKernelF16: return LaunchFor<__half>(params, mode, sc, plan, stream);
+    default: return LaunchFor<__nv_bfloat16>(params, mode, sc, plan, stream);
   }
-  const int64_t ipr = params.head_size / item;
-  const int64_t items = params.num_tokens * params.num_heads * ipr;
-
-  MergeKernelParams p = params;
-  int threads = 0;
-  int64_t grid = 0;
-  if (mode == kModeFp8PerToken) {
-    const int cap = options.threads_per_cta > 0
-                        ? std::min(options.threads_per_cta, kMaxThreadsPerCta)
-                        : kMaxThreadsPerCta;
-    threads = RoundUp32(std::min<int64_t>(cap, ipr * params.num_heads));
-    grid = params.num_tokens;
-  } else {
-    const int cap = options.threads_per_cta > 0
-                        ? std::min(options.threads_per_cta, kMaxThreadsPerCta)
-                        : 256;
-    const int64_t per_sm = (items + sms - 1) / sms;
-    threads = std::min<int>(cap, std::max<int>(std::min(64, cap), RoundUp32(per_sm)));
-    grid = (items + threads - 1) / threads;
-  }
-  if (grid > 0x7FFFFFFF) return cudaErrorInvalidValue;
-  p.prefetch = options.prefetch >= 0 ? options.prefetch
-                                     : (grid <= 2 * sms && params.num_parts > 8 ? 1 : 0);
-  KernelFn fn = Lookup(dtype, mode, wide, params.num_parts);
-  if (fn == nullptr) return cudaErrorInvalidValue;
-  fn<<<static_cast<unsigned>(grid), threads, 0, stream>>>(p);
-  return cudaGetLastError();
 }
 
 }  // namespace cuda

@@ -1,6 +1,6 @@
-// The fused N-way merge (+ FP8 quantization) kernel family.
+// The fused N-way merge (+ FP8 quantization) kernels.
 //
-// Semantics: kernels/merge_contract.h. Layout, as the kernel sees it:
+// Semantics: kernels/merge_contract.h. Layout, as the kernels see it:
 //   part i payload  O_i[t,h,d] at part_out[i] + t*token_stride + h*head_stride
 //                   + d (elements of T; d contiguous; 16-byte aligned base,
 //                   strides and D multiples of the 16-byte vector width)
@@ -10,41 +10,54 @@
 //                   FP8 code, or T for passthrough
 //   scales          per token: out_scales[t]; per group of G along d:
 //                   out_scales[(t*H + h)*(D/G) + d/G]
-// A "row" is one (t,h) pair, row = t*H + h (int64). An "item" is the W =
-// CHUNKS * 16/sizeof(T) consecutive elements of a row that one thread
-// merges: CHUNKS 16-byte loads per part, one store of W codes (W bytes: 8
-// for 16-bit inputs with CHUNKS = 1, 16 with CHUNKS = 2, 4 or 8 for fp32)
-// or of W input values. Items are numbered row * (D / W) + c.
+// A "row" is one (t,h) pair, row = t*H + h. An "item" is one 16-byte vector
+// of a row, W = 16/sizeof(T) elements (8 for fp16/bf16, 4 for fp32); items
+// are numbered row * (D/W) + c and the output of item k is bytes
+// [k*W, k*W + W) (FP8) or elements [k*W, k*W + W) (passthrough).
 //
-// Per item, one thread, no shared memory and no barrier (MergeItem):
-//   a. issue, all at once, the LSE loads and the 16-byte payload loads of
-//      parts 0..NB-1 (NB = 2, 4 or 8, the smallest >= N; the 16 threads of
-//      a row load the same LSE word, one broadcast transaction): a single
-//      DRAM round trip before the first FMA, NB*CHUNKS loads in flight;
-//   b. m = max over finite LSEs, s = sum exp2((L_i - m) * k) (k = log2 e for
-//      natural LSEs, 1 for base 2), parts >= NB re-read from L1;
-//   c. acc = sum over non-empty parts of w_i * O_i in fp32 (empty parts are
-//      skipped by a select: their payload may be NaN garbage), NB parts per
-//      batch; then acc *= 1/s; the row's first thread writes out_lse.
-// Emit, per mode:
-//   kModePassthrough   RNE to T, 16-byte stores;
-//   kModeFp8PerTensor  codes of O * (1 / *static_scale); a scale that
-//                      IsValidFp8Scale rejects gives NaN codes;
+// Work split. A CTA has P x V threads (V a multiple of 32) and owns V
+// consecutive items. Thread (g, v), g = threadIdx.x / V (the same for a
+// whole warp), takes parts g*PPT .. g*PPT + PPT-1 of item v:
+//   1. it issues all their LSE loads and 16-byte payload loads at once (one
+//      DRAM round trip, PPT vectors in flight per thread);
+//   2. it reduces them to a partial state: m_g = max finite L_i,
+//      s_g = sum w_i, acc_g = sum w_i * O_i with w_i = exp(L_i - m_g) over
+//      its non-empty parts (an empty part's payload is never used);
+//   3. with P > 1 the groups 1..P-1 hand their states to group 0 through
+//      shared memory, which combines them with weights exp(m_g - m),
+//      m = max m_g (the split-softmax rescaling);
+//   4. group 0 normalises (O = acc / s, L = m + log s) and emits.
+// P = 1 (no shared memory, no barrier) suits grids that fill the GPU; at
+// decode, where a grid is a few hundred items, P > 1 spreads an item's N
+// loads over P threads and so over P times as many SMs. The launcher
+// (merge_kernel.cu) picks P and V from the shape.
+//
+// Emit, per mode (group 0 only):
+//   kModePassthrough   RNE to T, one 16-byte store per item;
+//   kModeFp8PerTensor  codes of O * (1 / *static_scale), W bytes per item;
+//                      a scale that IsValidFp8Scale rejects gives NaN codes;
 //   kModeFp8PerGroup   amax over the G/W lanes of a group by xor shuffles (a
-//                      group is always G/W aligned lanes of one warp: rows
-//                      start at multiples of D/W items, CTAs at multiples of
-//                      32), scale = DynamicFp8Scale(amax), codes, one scale
-//                      store per group;
-//   kModeFp8PerToken   one CTA per token: its items stay in registers
-//                      (SLOTS per thread), a block reduction gives amax,
-//                      then codes. If the token's H*D exceeds threads *
-//                      SLOTS * W, the fallback streams the payload twice
-//                      (amax pass, then recompute and store).
-// Grid-wide loops are uniform per warp, so idle lanes still join shuffles.
-// Single-wave grids (decode) also L2-prefetch parts >= NB up front.
+//                      group is G/W aligned lanes of one warp, as items
+//                      start rows at multiples of D/W and CTAs at multiples
+//                      of 32), scale = DynamicFp8Scale(amax), codes, one
+//                      scale store per group;
+//   kModeFp8PerToken   MergeTokenKernel: the C CTAs of a token form one
+//                      thread-block cluster (C = 1 before sm_90) and split
+//                      its H*D/W items; amax is a CTA reduction, then a
+//                      reduction over the cluster through distributed shared
+//                      memory, and the merged values wait in registers. With
+//                      more items than the CTA has threads (many tokens: one
+//                      CTA each), they wait in shared memory instead, or,
+//                      when a token's values exceed it, are merged twice
+//                      (amax pass, then codes).
+// With programmatic dependent launch (sm_90 and later, sched.pdl) both
+// kernels do their index arithmetic, then griddepcontrol.wait (nothing is
+// read before the previous kernel's writes are visible), then let their own
+// dependents launch.
 #ifndef DCPMERGE_KERNELS_CUDA_MERGE_KERNEL_CUH_
 #define DCPMERGE_KERNELS_CUDA_MERGE_KERNEL_CUH_
 
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <cfloat>
@@ -57,7 +70,91 @@
 namespace dcpmerge {
 namespace cuda {
 
-inline constexpr int kMaxThreadsPerCta = 512;
+inline constexpr int kMaxCtaThreads = 512;
+// CTA size limit of a kernel with PPT parts per thread: 256 for PPT >= 8
+// leaves them up to 255 registers (16 payload vectors stay in registers).
+__host__ __device__ constexpr int MaxCtaThreads(int ppt) {
+  return ppt >= 8 ? 256 : kMaxCtaThreads;
+}
+// The second __launch_bounds__ argument (0: none). ptxas's own register
+// target spills the 8-parts kernel (40 registers); asking for one CTA per
+// SM lets it take 56 and run about 1.4x faster (measured on an H200). The
+// per-group 4-parts kernel gets 64 (two 512-thread CTAs per SM) instead of
+// 32, enough to keep all its loads in flight. The others are fastest at
+// ptxas's own, lower, counts.
+__host__ __device__ constexpr int MinCtas(int ppt, int mode) {
+  return ppt == 8 ? 1 : (ppt == 4 && mode == kModeFp8PerGroup) ? 2 : 0;
+}
+// Part-table capacities: small for the common N <= 16, so a launch carries
+// 256 bytes of pointers instead of 1 KB.
+inline constexpr int kSmallPartTable = 16;
+
+// Whether a kernel combines part groups (P > 1): with the 16-entry table
+// only at 4 parts per thread (splitting finer measured slower), always with
+// the full one (N > 16). Leaving the combine out saves registers.
+template <int PPT, int kCap>
+__host__ __device__ constexpr bool CanSplit() {
+  return PPT == 4 || kCap > kSmallPartTable;
+}
+
+// Division of a 64-bit n by a run-time d (1 <= d < 2^32) with a multiply
+// (Granlund-Montgomery): q = (t + ((n - t) >> s1)) >> s2, t = umulhi(n, m).
+// The launcher makes the constants (MakeFastDiv in merge_kernel.cu).
+struct FastDiv {
+  uint64_t magic = 0;
+  uint32_t d = 1;
+  uint32_t shift1 = 0, shift2 = 0;
+  __device__ __forceinline__ uint64_t Div(uint64_t n) const {
+    const uint64_t t = __umul64hi(n, magic);
+    return (t + ((n - t) >> shift1)) >> shift2;
+  }
+};
+
+// Derived by the launcher from the shape; read by every thread.
+struct Schedule {
+  int64_t items = 0;           // T * H * items_per_row
+  int32_t items_per_row = 0;   // D / W
+  int32_t part_groups = 1;     // P
+  int32_t items_per_cta = 0;   // V, a multiple of 32
+  int32_t ctas_per_token = 1;  // C: per-token kernel only
+  int32_t token_span = 0;      // per-token: items each CTA of a token owns
+  int32_t pdl = 0;             // launched with programmatic dependent launch
+  int32_t stage = 0;           // per-token: merged values wait in shared memory
+  int32_t group_lanes_log2 = 0;  // per group: log2(G / W)
+  FastDiv by_items_per_row;    // item -> row
+  FastDiv by_heads;            // row -> token
+};
+
+template <int kCap>
+struct KernelArgs {
+  MergeProblem problem;
+  Schedule sched;
+  const void* part_out[kCap];
+  const float* part_lse[kCap];
+};
+
+// Shared memory the combine step needs: groups 1..P-1 each hand over W
+// partial sums, m and s for V items.
+__host__ __device__ constexpr int CombineSmemBytes(int part_groups, int items_per_cta,
+                                                   int vec_elems) {
+  return part_groups > 1 ? (part_groups - 1) * (vec_elems + 2) * items_per_cta * 4 : 0;
+}
+
+// Both only when launched with PDL (sched.pdl): even without the launch
+// attribute, griddepcontrol.wait costs about 4% at large shapes (measured).
+__device__ __forceinline__ void WaitForProducer(bool pdl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (pdl) asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void LetConsumerLaunch(bool pdl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (pdl) asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+__device__ __forceinline__ bool IsFiniteF(float x) { return fabsf(x) <= FLT_MAX; }
 
 __device__ __forceinline__ float WarpMax(float v, int width) {
   for (int o = width / 2; o > 0; o >>= 1)
@@ -65,264 +162,356 @@ __device__ __forceinline__ float WarpMax(float v, int width) {
   return v;
 }
 
-__device__ __forceinline__ bool IsFiniteF(float x) {
-  return fabsf(x) <= FLT_MAX;
-}
-
-// Max over all threads of the CTA of v >= 0; every thread gets the result.
+// Max over all threads of the CTA of v >= 0; every thread gets it. red: 32
+// floats of shared memory.
 __device__ __forceinline__ float BlockMax(float v, float* red) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   v = WarpMax(v, 32);
   __syncthreads();  // red may still be read by an earlier call
   if (lane == 0) red[warp] = v;
   __syncthreads();
-  const int warps = (blockDim.x + 31) >> 5;
-  v = lane < warps ? red[lane] : 0.0f;
+  v = lane < static_cast<int>((blockDim.x + 31) >> 5) ? red[lane] : 0.0f;
   return WarpMax(v, 32);
 }
 
-template <typename T, int MODE, int CHUNKS, int SLOTS, int NB>
-struct MergeItem {
-  static constexpr int kVec = VecWidth<T>::kElems;
-  static constexpr int kW = CHUNKS * kVec;  // elements per item
-  using Batch = Vec<T>[NB][CHUNKS];
+// Where item k of the problem lives.
+struct ItemPlace {
+  int64_t row = 0;      // t*H + h
+  int64_t payload = 0;  // element offset in every part
+  int64_t lse = 0;      // index in every part's LSE
+  int c = 0;            // item within the row
+};
 
-  const MergeKernelParams& p;
-  int items_per_row;
+template <int W>
+__device__ __forceinline__ ItemPlace Locate(const MergeProblem& p, const Schedule& sc,
+                                            int64_t item) {
+  ItemPlace at;
+  const uint64_t row = sc.by_items_per_row.Div(static_cast<uint64_t>(item));
+  at.row = static_cast<int64_t>(row);
+  at.c = static_cast<int>(static_cast<uint64_t>(item) - row * sc.by_items_per_row.d);
+  const int64_t t = static_cast<int64_t>(sc.by_heads.Div(row));
+  const int h = static_cast<int>(row - static_cast<uint64_t>(t) * sc.by_heads.d);
+  at.payload = t * p.token_stride + static_cast<int64_t>(h) * p.head_stride +
+               static_cast<int64_t>(at.c) * W;
+  at.lse = p.lse_tokens_heads ? at.row : h * p.num_tokens + t;
+  return at;
+}
 
-  // Loads parts j..j+NB-1 (those < N): LSEs and payload vectors.
-  __device__ __forceinline__ void LoadBatch(int j, int64_t off, int64_t li,
-                                            float* l, Batch& v) const {
+// One thread's share of an item: the partial state of its parts.
+template <int W>
+struct PartialState {
+  float m = -INFINITY;  // max finite LSE; -inf: no non-empty part
+  float s = 0.0f;       // sum of exp(L_i - m)
+  float acc[W] = {};    // sum of exp(L_i - m) * O_i
+};
+
+// exp2 on the MUFU unit, flushing results below 2^-126 to zero: such a
+// weight is 2^126 times smaller than the largest one (which is 1) and
+// changes no representable output.
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Steps 1 and 2: loads parts kFirst..kFirst+PPT-1 (those < N) of the item
+// at `at`, every load issued before the first use. kFirst is a compile-time
+// constant so that the part pointers are read straight from the parameter
+// bank; a run-time index would load all 2*PPT pointers into registers first.
+// Branch-free: an empty part's LSE becomes -inf (weight 0) and its payload
+// bits are masked to +0 before use, so garbage (NaN included) never enters
+// the sums; branches here would make every part wait for its own LSE.
+template <typename T, int PPT, int kCap, int kFirst>
+__device__ __forceinline__ void MergeParts(const KernelArgs<kCap>& a, const ItemPlace& at,
+                                           PartialState<VecWidth<T>::kElems>& st) {
+  constexpr int W = VecWidth<T>::kElems;
+  const int n = a.problem.num_parts;
+  float l[PPT];
+  Vec<T> v[PPT];
 #pragma unroll
-    for (int u = 0; u < NB; ++u) {
-      if (j + u < p.num_parts) {
-        l[u] = __ldg(p.part_lse[j + u] + li);
-        const T* src = static_cast<const T*>(p.part_out[j + u]) + off;
-#pragma unroll
-        for (int ch = 0; ch < CHUNKS; ++ch) v[u][ch] = LoadVec(src + ch * kVec);
-      }
+  for (int u = 0; u < PPT; ++u) {
+    l[u] = -INFINITY;
+    v[u].raw = make_uint4(0, 0, 0, 0);
+    if (kFirst + u < n) {
+      l[u] = __ldg(a.part_lse[kFirst + u] + at.lse);
+      v[u] = LoadVec(static_cast<const T*>(a.part_out[kFirst + u]) + at.payload);
     }
   }
-
-  // acc += w_u * v_u for the batch's non-empty parts.
-  __device__ __forceinline__ void ConsumeBatch(int j, const float* l, float m,
-                                               const Batch& v, float* acc) const {
+  float m = -INFINITY;
 #pragma unroll
-    for (int u = 0; u < NB; ++u) {
-      if (j + u < p.num_parts && IsFiniteF(l[u])) {
-        const float wt = exp2f((l[u] - m) * p.lse_to_log2);
-#pragma unroll
-        for (int ch = 0; ch < CHUNKS; ++ch) {
-          float f[kVec];
-          ToFloats(v[u][ch], f);
-#pragma unroll
-          for (int e = 0; e < kVec; ++e)
-            acc[ch * kVec + e] = fmaf(wt, f[e], acc[ch * kVec + e]);
-        }
-      }
-    }
+  for (int u = 0; u < PPT; ++u) {
+    l[u] = IsFiniteF(l[u]) ? l[u] : -INFINITY;
+    m = fmaxf(m, l[u]);
   }
-
-  // The merged fp32 values of item c of `row`; the row's first item also
-  // writes out_lse.
-  __device__ __forceinline__ void Merge(int64_t row, int c, float* acc) const {
+  st.m = m;
+  const float k = a.problem.lse_to_log2;
+  const float m_safe = m == -INFINITY ? 0.0f : m;  // all empty: every weight 0
 #pragma unroll
-    for (int e = 0; e < kW; ++e) acc[e] = 0.0f;
-    const int n = p.num_parts;
-    const int H = p.num_heads;
-    int64_t t;
-    int h;
-    if (row <= 0x7FFFFFFF) {  // 32-bit division where it suffices
-      const uint32_t r32 = static_cast<uint32_t>(row);
-      t = r32 / static_cast<uint32_t>(H);
-      h = static_cast<int>(r32 - static_cast<uint32_t>(t) * H);
+  for (int u = 0; u < PPT; ++u) {
+    const float w = Exp2((l[u] - m_safe) * k);
+    const uint32_t keep = l[u] == -INFINITY ? 0u : 0xFFFFFFFFu;
+    v[u].raw.x &= keep;
+    v[u].raw.y &= keep;
+    v[u].raw.z &= keep;
+    v[u].raw.w &= keep;
+    st.s += w;
+    float f[W];
+    ToFloats(v[u], f);
+#pragma unroll
+    for (int e = 0; e < W; ++e) st.acc[e] = fmaf(w, f[e], st.acc[e]);
+  }
+}
+
+// MergeParts for thread group g (warp-uniform): one branch per group, each
+// with its first part as a constant.
+template <typename T, int PPT, int kCap, int G = 0>
+__device__ __forceinline__ void MergeGroupParts(const KernelArgs<kCap>& a, int g,
+                                                const ItemPlace& at,
+                                                PartialState<VecWidth<T>::kElems>& st) {
+  if constexpr (G * PPT < kCap && (G == 0 || CanSplit<PPT, kCap>())) {
+    if (g == G) {
+      MergeParts<T, PPT, kCap, G * PPT>(a, at, st);
     } else {
-      t = row / H;
-      h = static_cast<int>(row - t * H);
-    }
-    const int64_t off = t * p.token_stride +
-                        static_cast<int64_t>(h) * p.head_stride +
-                        static_cast<int64_t>(c) * kW;
-    const int64_t li = p.lse_tokens_heads ? row : h * p.num_tokens + t;
-
-    float l[NB];
-    Batch v;
-    LoadBatch(0, off, li, l, v);  // everything of batch 0 in flight at once
-    if (p.prefetch) {
-      for (int i = NB; i < n; ++i) {
-        const T* src = static_cast<const T*>(p.part_out[i]) + off;
-#pragma unroll
-        for (int ch = 0; ch < CHUNKS; ++ch)
-          asm volatile("prefetch.global.L2 [%0];" ::"l"(src + ch * kVec));
-      }
-    }
-    // m over the finite LSEs.
-    float m = -INFINITY;
-#pragma unroll
-    for (int u = 0; u < NB; ++u)
-      if (u < n && IsFiniteF(l[u])) m = fmaxf(m, l[u]);
-#pragma unroll 4
-    for (int i = NB; i < n; ++i) {
-      const float x = __ldg(p.part_lse[i] + li);
-      if (IsFiniteF(x)) m = fmaxf(m, x);
-    }
-    if (m == -INFINITY) {  // every part empty: O = 0, L = -inf
-      if (c == 0 && p.out_lse != nullptr) p.out_lse[li] = -INFINITY;
-      return;
-    }
-    // s in part order.
-    float s = 0.0f;
-#pragma unroll
-    for (int u = 0; u < NB; ++u)
-      if (u < n && IsFiniteF(l[u])) s += exp2f((l[u] - m) * p.lse_to_log2);
-#pragma unroll 4
-    for (int i = NB; i < n; ++i) {
-      const float x = __ldg(p.part_lse[i] + li);
-      if (IsFiniteF(x)) s += exp2f((x - m) * p.lse_to_log2);
-    }
-    ConsumeBatch(0, l, m, v, acc);
-    for (int j = NB; j < n; j += NB) {
-      LoadBatch(j, off, li, l, v);
-      ConsumeBatch(j, l, m, v, acc);
-    }
-    const float inv = 1.0f / s;
-#pragma unroll
-    for (int e = 0; e < kW; ++e) acc[e] *= inv;
-    if (c == 0 && p.out_lse != nullptr) p.out_lse[li] = m + log2f(s) * p.log2_to_lse;
-  }
-
-  __device__ __forceinline__ void StoreCodes(int64_t item, const float* acc,
-                                             float inv) const {
-    float q[kW];
-#pragma unroll
-    for (int e = 0; e < kW; ++e) q[e] = acc[e] * inv;
-    using Word = typename Fp8Word<kW>::Type;
-    reinterpret_cast<Word*>(p.out)[item] = Fp8Word<kW>::Pack(q);
-  }
-
-  __device__ __forceinline__ void StoreValues(int64_t item, const float* acc) const {
-    T* dst = static_cast<T*>(p.out) + item * kW;
-#pragma unroll
-    for (int ch = 0; ch < CHUNKS; ++ch)
-      StoreVec(dst + ch * kVec, FromFloats(acc + ch * kVec, static_cast<T*>(nullptr)));
-  }
-
-  static __device__ __forceinline__ float FiniteAbsMax(const float* acc) {
-    float mx = 0.0f;
-#pragma unroll
-    for (int e = 0; e < kW; ++e) {
-      const float a = fabsf(acc[e]);
-      if (a <= FLT_MAX) mx = fmaxf(mx, a);
-    }
-    return mx;
-  }
-
-  // Row modes: one item per thread, items = T * H * (D / W). static_scale:
-  // the per-tensor scale as loaded; its reciprocal is taken only after the
-  // payload loads are issued, so the (slow-path) division does not hold them
-  // back by a round trip.
-  __device__ __forceinline__ void RunRows(float static_scale) const {
-    const int64_t items = p.num_tokens * p.num_heads * items_per_row;
-    const int64_t it = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    const bool valid = it < items;
-    int64_t row = 0;
-    int c = 0;
-    float acc[kW];
-    if (valid) {
-      row = it / items_per_row;
-      c = static_cast<int>(it - row * items_per_row);
-      Merge(row, c, acc);
-    } else {
-#pragma unroll
-      for (int e = 0; e < kW; ++e) acc[e] = 0.0f;
-    }
-    if constexpr (MODE == kModePassthrough) {
-      if (valid) StoreValues(it, acc);
-    } else if constexpr (MODE == kModeFp8PerTensor) {
-      // Valid iff 2^-126 <= s <= 2^126, as IsValidFp8Scale
-      // (merge_contract.h); otherwise inv = NaN makes every code NaN.
-      const float s = static_scale;
-      const float inv = (s >= 1.1754943508222875e-38f && s <= 8.5070591730234616e37f)
-                            ? 1.0f / s
-                            : __int_as_float(0x7FFFFFFF);
-      if (valid) StoreCodes(it, acc, inv);
-    } else if constexpr (MODE == kModeFp8PerGroup) {
-      const int lanes = p.group_size / kW;  // 2..32, power of two
-      const float amax = WarpMax(FiniteAbsMax(acc), lanes);
-      const float scale = DynamicFp8Scale(amax, p.power_of_two_scales != 0);
-      if (valid) {
-        StoreCodes(it, acc, 1.0f / scale);
-        if ((c & (lanes - 1)) == 0) {
-          const int groups = p.head_size / p.group_size;
-          p.out_scales[row * groups + c / lanes] = scale;
-        }
-      }
+      MergeGroupParts<T, PPT, kCap, G + 1>(a, g, at, st);
     }
   }
+}
 
-  // kModeFp8PerToken: CTA blockIdx.x owns token blockIdx.x.
-  __device__ __forceinline__ void RunToken(float* red) const {
-    const int items = p.num_heads * items_per_row;
-    const int64_t token = blockIdx.x;
-    const int64_t first = token * items;  // global item index of the token
-    const int64_t row0 = token * p.num_heads;
-    if (items <= static_cast<int>(blockDim.x) * SLOTS) {
-      float acc[SLOTS][kW];
-      float amax = 0.0f;
+// Step 3: group 0 (g == 0) combines the P groups' states of its item v.
+// Every thread of the CTA must call it (it holds a barrier).
+template <int W>
+__device__ __forceinline__ void CombineGroups(PartialState<W>& st, float* smem, int P,
+                                              int V, int g, int v, float lse_to_log2) {
+  const auto slot = [&](int q, int e) -> float& {
+    return smem[((q - 1) * (W + 2) + e) * V + v];  // [q][field][v]: no bank conflicts
+  };
+  if (g != 0) {
 #pragma unroll
-      for (int s = 0; s < SLOTS; ++s) {
-        const int it = threadIdx.x + s * blockDim.x;
-        if (it < items) {
-          const int r = it / items_per_row;
-          Merge(row0 + r, it - r * items_per_row, acc[s]);
-          amax = fmaxf(amax, FiniteAbsMax(acc[s]));
-        }
-      }
-      const float scale =
-          DynamicFp8Scale(BlockMax(amax, red), p.power_of_two_scales != 0);
-      const float inv = 1.0f / scale;
+    for (int e = 0; e < W; ++e) slot(g, e) = st.acc[e];
+    slot(g, W) = st.m;
+    slot(g, W + 1) = st.s;
+  }
+  __syncthreads();
+  if (g != 0) return;
+  float m = st.m;
+  for (int q = 1; q < P; ++q) m = fmaxf(m, slot(q, W));
+  if (m == -INFINITY) return;  // every part empty: st is still the empty state
+  // An empty group has m_q = -inf: weight exp2(-inf) = 0 on its zero sums.
+  const float f0 = Exp2((st.m - m) * lse_to_log2);
+  st.s *= f0;
 #pragma unroll
-      for (int s = 0; s < SLOTS; ++s) {
-        const int it = threadIdx.x + s * blockDim.x;
-        if (it < items) StoreCodes(first + it, acc[s], inv);
-      }
-      if (threadIdx.x == 0) p.out_scales[token] = scale;
-      return;
-    }
-    // Fallback for a large H*D: amax pass, then recompute and store.
-    float amax = 0.0f;
-    for (int it = threadIdx.x; it < items; it += blockDim.x) {
-      float acc[kW];
-      const int r = it / items_per_row;
-      Merge(row0 + r, it - r * items_per_row, acc);
-      amax = fmaxf(amax, FiniteAbsMax(acc));
-    }
-    const float scale =
-        DynamicFp8Scale(BlockMax(amax, red), p.power_of_two_scales != 0);
-    const float inv = 1.0f / scale;
-    for (int it = threadIdx.x; it < items; it += blockDim.x) {
-      float acc[kW];
-      const int r = it / items_per_row;
-      Merge(row0 + r, it - r * items_per_row, acc);
-      StoreCodes(first + it, acc, inv);
-    }
-    if (threadIdx.x == 0) p.out_scales[token] = scale;
+  for (int e = 0; e < W; ++e) st.acc[e] *= f0;
+  for (int q = 1; q < P; ++q) {
+    const float f = Exp2((slot(q, W) - m) * lse_to_log2);
+    st.s = fmaf(f, slot(q, W + 1), st.s);
+#pragma unroll
+    for (int e = 0; e < W; ++e) st.acc[e] = fmaf(f, slot(q, e), st.acc[e]);
+  }
+  st.m = m;
+}
+
+// Step 4: the merged values of the item (0 when every part is empty); the
+// row's first item also writes out_lse.
+template <int W>
+__device__ __forceinline__ void Normalize(const MergeProblem& p, const PartialState<W>& st,
+                                          const ItemPlace& at, bool valid, float* o) {
+  const bool empty = st.m == -INFINITY;
+  const float inv = empty ? 0.0f : __frcp_rn(st.s);
+#pragma unroll
+  for (int e = 0; e < W; ++e) o[e] = st.acc[e] * inv;
+  if (valid && at.c == 0 && p.out_lse != nullptr)
+    // s is in [1, N]: lg2.approx is within 2^-22 there, far below the
+    // LSE's own rounding, and much lighter than log2f.
+    p.out_lse[at.lse] = empty ? -INFINITY : st.m + __log2f(st.s) * p.log2_to_lse;
+}
+
+template <int W>
+__device__ __forceinline__ float FiniteAbsMax(const float* o) {
+  float mx = 0.0f;
+#pragma unroll
+  for (int e = 0; e < W; ++e) {
+    const float a = fabsf(o[e]);
+    if (a <= FLT_MAX) mx = fmaxf(mx, a);
+  }
+  return mx;
+}
+
+template <int W>
+__device__ __forceinline__ void StoreCodes(const MergeProblem& p, int64_t item,
+                                           const float* o, float inv) {
+  float q[W];
+#pragma unroll
+  for (int e = 0; e < W; ++e) q[e] = o[e] * inv;
+  using Word = typename Fp8Word<W>::Type;
+  reinterpret_cast<Word*>(p.out)[item] = Fp8Word<W>::Pack(q);
+}
+
+// This thread's group g (warp-uniform) and item slot v within the CTA.
+struct GroupOf {
+  int g, v;
+  __device__ __forceinline__ explicit GroupOf(int V) {
+    g = static_cast<int>(threadIdx.x) / V;
+    v = static_cast<int>(threadIdx.x) - g * V;
   }
 };
 
-template <typename T, int MODE, int CHUNKS, int SLOTS, int NB>
-__global__ void __launch_bounds__(kMaxThreadsPerCta)
-    MergeKernel(const __grid_constant__ MergeKernelParams p) {
-  const MergeItem<T, MODE, CHUNKS, SLOTS, NB> m{p, p.head_size / (CHUNKS * VecWidth<T>::kElems)};
-  if constexpr (MODE == kModeFp8PerToken) {
-    __shared__ float red[32];
-    m.RunToken(red);
-  } else {
-    // Issued first, used last: in flight together with the payload loads.
-    const float static_scale =
-        MODE == kModeFp8PerTensor ? __ldg(p.static_scale) : 0.0f;
-    m.RunRows(static_scale);
+// Steps 1-4 for the item at `at` (valid: it exists). Returns the merged
+// values in o (group 0 only; other groups' o is unspecified).
+template <typename T, int PPT, int kCap>
+__device__ __forceinline__ void MergeItem(const KernelArgs<kCap>& a, float* smem,
+                                          const GroupOf& gv, const ItemPlace& at, bool valid,
+                                          float* o) {
+  constexpr int W = VecWidth<T>::kElems;
+  const Schedule& sc = a.sched;
+  PartialState<W> st;
+  if (valid) MergeGroupParts<T, PPT>(a, gv.g, at, st);
+  if constexpr (CanSplit<PPT, kCap>()) {
+    if (sc.part_groups > 1)
+      CombineGroups(st, smem, sc.part_groups, sc.items_per_cta, gv.g, gv.v,
+                    a.problem.lse_to_log2);
   }
+  if (gv.g == 0) Normalize(a.problem, st, at, valid, o);
+}
+
+// Per-tensor, per-group and passthrough: one item per thread group.
+template <typename T, int MODE, int PPT, int kCap>
+__global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, MODE))
+    MergeRowsKernel(const __grid_constant__ KernelArgs<kCap> a) {
+  constexpr int W = VecWidth<T>::kElems;
+  extern __shared__ float smem[];
+  const MergeProblem& p = a.problem;
+  const GroupOf gv(a.sched.items_per_cta);
+  const int64_t item = static_cast<int64_t>(blockIdx.x) * a.sched.items_per_cta + gv.v;
+  const bool valid = item < a.sched.items;
+  // Index arithmetic only reads kernel parameters: done before the wait.
+  const ItemPlace at = valid ? Locate<W>(p, a.sched, item) : ItemPlace{};
+  WaitForProducer(a.sched.pdl);
+  LetConsumerLaunch(a.sched.pdl);
+  // Issued first, used last: in flight together with the payload loads.
+  const float static_scale = MODE == kModeFp8PerTensor ? __ldg(p.static_scale) : 0.0f;
+  float o[W];
+  MergeItem<T, PPT>(a, smem, gv, at, valid, o);
+  if (gv.g != 0) return;
+  if constexpr (MODE == kModePassthrough) {
+    if (valid)
+      StoreVec(static_cast<T*>(p.out) + item * W, FromFloats(o, static_cast<T*>(nullptr)));
+  } else if constexpr (MODE == kModeFp8PerTensor) {
+    // Valid iff 2^-126 <= s <= 2^126, as IsValidFp8Scale (merge_contract.h);
+    // otherwise inv = NaN makes every code NaN.
+    const float s = static_scale;
+    const float inv = (s >= 1.1754943508222875e-38f && s <= 8.5070591730234616e37f)
+                          ? __frcp_rn(s)
+                          : __int_as_float(0x7FFFFFFF);
+    if (valid) StoreCodes<W>(p, item, o, inv);
+  } else {
+    static_assert(MODE == kModeFp8PerGroup, "per-token runs MergeTokenKernel");
+    const int lanes = 1 << a.sched.group_lanes_log2;  // G / W: 2..32
+    const float amax = WarpMax(FiniteAbsMax<W>(o), lanes);
+    const float scale = DynamicFp8Scale(amax, p.power_of_two_scales != 0);
+    if (valid) {
+      StoreCodes<W>(p, item, o, __frcp_rn(scale));
+      if ((at.c & (lanes - 1)) == 0)
+        p.out_scales[(item >> a.sched.group_lanes_log2)] = scale;
+    }
+  }
+}
+
+// Max of v >= 0 over the token's CTAs (a cluster of C); every thread gets it.
+__device__ __forceinline__ float TokenMax(float v, float* red, int C) {
+  v = BlockMax(v, red);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (C > 1) {
+    namespace cg = cooperative_groups;
+    const cg::cluster_group cluster = cg::this_cluster();
+    if (threadIdx.x == 0) red[32] = v;
+    cluster.sync();  // every CTA's red[32] is written
+    if (threadIdx.x < 32) {
+      float x = static_cast<int>(threadIdx.x) < C
+                    ? *cluster.map_shared_rank(&red[32], static_cast<int>(threadIdx.x))
+                    : 0.0f;
+      x = WarpMax(x, 32);
+      if (threadIdx.x == 0) red[33] = x;
+    }
+    cluster.sync();  // no CTA leaves (or reuses red) while others read it
+    v = red[33];
+  }
+#endif
+  return v;
+}
+
+// kModeFp8PerToken. CTA blockIdx.x serves token blockIdx.x / C and owns its
+// items [rank * span, rank * span + span) (rank = blockIdx.x % C).
+template <typename T, int PPT, int kCap>
+__global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerToken))
+    MergeTokenKernel(const __grid_constant__ KernelArgs<kCap> a) {
+  constexpr int W = VecWidth<T>::kElems;
+  extern __shared__ float smem[];
+  __shared__ float red[34];
+  const MergeProblem& p = a.problem;
+  const Schedule& sc = a.sched;
+  const int C = sc.ctas_per_token, V = sc.items_per_cta;
+  const int64_t token = blockIdx.x / C;
+  const int rank = static_cast<int>(blockIdx.x - token * C);
+  const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc.items_per_row;
+  const int64_t first = token * token_items + static_cast<int64_t>(rank) * sc.token_span;
+  const int64_t end = min(first + sc.token_span, (token + 1) * token_items);
+  const GroupOf gv(V);
+  const auto place = [&](int64_t item) {
+    return item < end ? Locate<W>(p, sc, item) : ItemPlace{};
+  };
+  float o[W];
+  float scale;
+  if (sc.token_span <= V) {  // the CTA's items wait in registers
+    const int64_t item = first + gv.v;
+    const bool valid = item < end;
+    const ItemPlace at = place(item);
+    WaitForProducer(a.sched.pdl);
+    LetConsumerLaunch(a.sched.pdl);
+    MergeItem<T, PPT>(a, smem, gv, at, valid, o);
+    const float amax = gv.g == 0 && valid ? FiniteAbsMax<W>(o) : 0.0f;
+    scale = DynamicFp8Scale(TokenMax(amax, red, C), p.power_of_two_scales != 0);
+    if (gv.g == 0 && valid) StoreCodes<W>(p, item, o, __frcp_rn(scale));
+  } else {
+    // More items than threads: loop over them in steps of V, and either
+    // keep each thread's merged values in shared memory (sc.stage; slots
+    // [pass][e][v], no bank conflicts, each thread reads back only its own)
+    // or merge twice (amax pass, then codes).
+    WaitForProducer(a.sched.pdl);
+    LetConsumerLaunch(a.sched.pdl);
+    float* stage = smem + CombineSmemBytes(sc.part_groups, V, W) / 4;
+    float amax = 0.0f;
+    int pass = 0;
+    for (int64_t base = first; base < end; base += V, ++pass) {
+      const int64_t item = base + gv.v;
+      MergeItem<T, PPT>(a, smem, gv, place(item), item < end, o);
+      if (gv.g == 0 && item < end) {
+        amax = fmaxf(amax, FiniteAbsMax<W>(o));
+        if (sc.stage) {
+#pragma unroll
+          for (int e = 0; e < W; ++e) stage[(pass * W + e) * V + gv.v] = o[e];
+        }
+      }
+      if (sc.part_groups > 1) __syncthreads();  // the next combine reuses smem
+    }
+    scale = DynamicFp8Scale(TokenMax(amax, red, C), p.power_of_two_scales != 0);
+    const float inv = __frcp_rn(scale);
+    pass = 0;
+    for (int64_t base = first; base < end; base += V, ++pass) {
+      const int64_t item = base + gv.v;
+      if (sc.stage) {
+        if (gv.g == 0 && item < end) {
+#pragma unroll
+          for (int e = 0; e < W; ++e) o[e] = stage[(pass * W + e) * V + gv.v];
+          StoreCodes<W>(p, item, o, inv);
+        }
+      } else {
+        MergeItem<T, PPT>(a, smem, gv, place(item), item < end, o);
+        if (gv.g == 0 && item < end) StoreCodes<W>(p, item, o, inv);
+        if (sc.part_groups > 1) __syncthreads();
+      }
+    }
+  }
+  if (rank == 0 && threadIdx.x == 0) p.out_scales[token] = scale;
 }
 
 }  // namespace cuda

@@ -1,9 +1,9 @@
-// Plain C++ interface between the nvcc-compiled kernel (merge_kernel.cu) and
-// host code compiled by g++ (merge_launcher.cc, bench, tests). No absl, no
-// contract types: the enums below mirror merge_contract.h value by value
-// (merge_launcher.cc static_asserts that). Callers of this interface must
-// have validated the arguments (MergeOnGpu does); the launch function only
-// rejects what it cannot run.
+// Plain C++ interface between the nvcc-compiled kernels (merge_kernel.cu)
+// and host code compiled by g++ (merge_launcher.cc, bench, tests). No absl,
+// no contract types: the enums below mirror merge_contract.h value by value
+// (merge_launcher.cc static_asserts that). Callers must have validated the
+// arguments (MergeOnGpu does); the launch function only rejects what it
+// cannot run.
 #ifndef DCPMERGE_KERNELS_CUDA_MERGE_KERNEL_LAUNCH_H_
 #define DCPMERGE_KERNELS_CUDA_MERGE_KERNEL_LAUNCH_H_
 
@@ -14,7 +14,9 @@
 namespace dcpmerge {
 namespace cuda {
 
-inline constexpr int kMaxKernelParts = 64;
+// The kernels' own copy of kMaxParts (merge_contract.h), which this header
+// cannot include; merge_launcher.cc asserts that the two agree.
+inline constexpr int kKernelMaxParts = 64;
 
 enum KernelDType : int32_t { kKernelF32 = 0, kKernelF16 = 1, kKernelBF16 = 2 };
 enum KernelMode : int32_t {
@@ -24,48 +26,58 @@ enum KernelMode : int32_t {
   kModePassthrough = 3,
 };
 
-// Passed to the kernel by value (about 1.1 KB of the 4 KB parameter space).
+// Everything about one merge except the part table.
+struct MergeProblem {
+  void* out = nullptr;                  // [T,H,D] codes or input dtype, 16-byte aligned
+  float* out_scales = nullptr;          // dynamic modes, else null
+  float* out_lse = nullptr;             // optional (null: not written)
+  const float* static_scale = nullptr;  // kModeFp8PerTensor: device pointer
+  int64_t num_tokens = 0;               // T
+  int64_t token_stride = 0;             // elements, multiple of the vector width
+  int64_t head_stride = 0;              // elements, multiple of the vector width
+  int32_t num_heads = 0;                // H
+  int32_t head_size = 0;                // D, multiple of the vector width
+  int32_t num_parts = 0;                // N, 1..kKernelMaxParts
+  int32_t lse_tokens_heads = 0;         // 1: LSE index t*H+h; 0: h*T+t
+  float lse_to_log2 = 0;                // log2(e) for base e, 1 for base 2
+  float log2_to_lse = 0;                // ln(2) for base e, 1 for base 2
+  int32_t group_size = 128;             // kModeFp8PerGroup: 64 or 128
+  int32_t power_of_two_scales = 0;
+};
+
 struct MergeKernelParams {
-  const void* part_out[kMaxKernelParts];   // device, 16-byte aligned
-  const float* part_lse[kMaxKernelParts];  // device, 4-byte aligned
-  void* out;                  // [T,H,D] codes or input dtype, 16-byte aligned
-  float* out_scales;          // dynamic modes, else null
-  float* out_lse;             // optional (null: not written)
-  const float* static_scale;  // kModeFp8PerTensor: device pointer
-  int64_t num_tokens;         // T
-  int64_t token_stride;       // elements, multiple of the vector width
-  int64_t head_stride;        // elements, multiple of the vector width
-  int32_t num_heads;          // H
-  int32_t head_size;          // D, multiple of the vector width
-  int32_t num_parts;          // N, 1..64
-  int32_t lse_tokens_heads;   // 1: LSE index t*H+h; 0: h*T+t
-  float lse_to_log2;          // log2(e) for base e, 1 for base 2
-  float log2_to_lse;          // ln(2) for base e, 1 for base 2
-  int32_t group_size;         // kModeFp8PerGroup: 64 or 128
-  int32_t power_of_two_scales;
-  int32_t prefetch;           // filled in by the launch function
+  MergeProblem problem;
+  const void* part_out[kKernelMaxParts] = {};   // device, 16-byte aligned
+  const float* part_lse[kKernelMaxParts] = {};  // device, 4-byte aligned
 };
 
-// Launch knobs for experiments (bench); the service uses the defaults.
+// Launch knobs for tests and benchmarks; the service uses the defaults
+// (0 or -1: chosen from the shape and the device, merge_kernel.cu).
 struct MergeLaunchOptions {
-  // Item width: 1 = one 16-byte vector per part per thread (8-byte FP8
-  // stores for 16-bit inputs), 2 = two vectors (16-byte FP8 stores, twice
-  // the bytes in flight per load batch); -1 = auto (merge_kernel.cu): 2
-  // when D allows it and N <= 4 or the grid is large, else 1.
-  int wide = -1;
-  // 0: choose from the shape (see merge_kernel.cu).
+  // Threads that split one item's N parts among them (1..16; rounded to a
+  // parts-per-thread bucket of the kernels); their partial sums are
+  // combined through shared memory.
+  int part_groups = 0;
+  // CTA size, a multiple of 32, at most 512 (256 when a thread takes 8 or
+  // more parts); raised to 32 x part groups where smaller.
   int threads_per_cta = 0;
-  // L2-prefetch each thread's item in parts >= NB (the parts not loaded in
-  // the first batch) before it starts: -1 auto (on when N > 8 and the grid
-  // is a single wave, i.e. latency-bound decode shapes), 0 off, 1 on.
-  int prefetch = -1;
+  // kModeFp8PerToken: CTAs (one thread-block cluster) that share a token,
+  // 1..16 (more than 1 only on sm_90 and later).
+  int ctas_per_token = 0;
+  // Programmatic dependent launch (sm_90 and later): the merge may be
+  // scheduled while the previous kernel in the stream finishes, and waits
+  // for that kernel's results before its first read. It saves time when
+  // that kernel triggers its dependents early (griddepcontrol
+  // .launch_dependents, as the merge itself does) and costs a little when it
+  // does not, so it is off unless asked for: 1 on, 0 or -1 off.
+  int pdl = -1;
 };
 
-// Enqueues the merge kernel on `stream`. Returns cudaSuccess or the launch
-// error (cudaErrorInvalidValue for arguments the kernel cannot run: D not a
-// multiple of the vector width, a bad group size, a grid over 2^31-1 CTAs).
-// T == 0 launches
-// nothing. No allocation, no synchronisation: safe inside stream capture.
+// Enqueues the merge on `stream`. Returns cudaSuccess or the launch error
+// (cudaErrorInvalidValue for arguments the kernels cannot run: D not a
+// multiple of the vector width, a bad group size, a grid over 2^31-1
+// CTAs, an option out of range). T == 0 launches nothing. No allocation,
+// no synchronisation: safe inside stream capture.
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype,
                               int32_t mode, cudaStream_t stream,
                               const MergeLaunchOptions& options = {});

@@ -22,7 +22,7 @@
 namespace dcpmerge {
 namespace {
 
-static_assert(kMaxParts == cuda::kMaxKernelParts, "part count mismatch");
+static_assert(kMaxParts == cuda::kKernelMaxParts, "part count mismatch");
 static_assert(static_cast<int>(DType::kFloat32) == cuda::kKernelF32 &&
                   static_cast<int>(DType::kFloat16) == cuda::kKernelF16 &&
                   static_cast<int>(DType::kBFloat16) == cuda::kKernelBF16,
@@ -75,11 +75,12 @@ absl::Status ValidateGpuMergeArgs(const MergeArgs& args) {
 }
 
 cuda::MergeKernelParams ToKernelParams(const MergeArgs& args) {
-  cuda::MergeKernelParams p = {};
+  cuda::MergeKernelParams k;
   for (int i = 0; i < args.shape.num_parts; ++i) {
-    p.part_out[i] = args.partial_out[i];
-    p.part_lse[i] = args.partial_lse[i];
+    k.part_out[i] = args.partial_out[i];
+    k.part_lse[i] = args.partial_lse[i];
   }
+  cuda::MergeProblem& p = k.problem;
   p.out = args.out.data;
   p.out_scales = static_cast<float*>(args.out_scales.data);
   p.out_lse = static_cast<float*>(args.out_lse.data);
@@ -96,7 +97,7 @@ cuda::MergeKernelParams ToKernelParams(const MergeArgs& args) {
   p.log2_to_lse = natural ? 0.6931471805599453f : 1.0f;
   p.group_size = args.config.group_size;
   p.power_of_two_scales = args.config.power_of_two_scales ? 1 : 0;
-  return p;
+  return k;
 }
 
 }  // namespace
@@ -105,9 +106,8 @@ absl::Status MergeOnGpuWithOptions(const MergeArgs& args, cudaStream_t stream,
                                    const cuda::MergeLaunchOptions& options) {
   if (absl::Status s = ValidateGpuMergeArgs(args); !s.ok()) return s;
   if (args.shape.num_tokens == 0) return absl::OkStatus();
-  const cuda::MergeKernelParams p = ToKernelParams(args);
   const cudaError_t err = cuda::LaunchMergeKernel(
-      p, static_cast<int32_t>(args.config.input_dtype),
+      ToKernelParams(args), static_cast<int32_t>(args.config.input_dtype),
       static_cast<int32_t>(args.config.output_mode), stream, options);
   if (err != cudaSuccess) {
     return absl::InternalError(absl::StrCat("merge kernel launch failed: ",

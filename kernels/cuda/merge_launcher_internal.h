@@ -1,5 +1,6 @@
 // MergeOnGpu with launch knobs, for tests and benchmarks only: the service
-// calls MergeOnGpu (merge_launcher.h), which uses kDefaultLaunchOptions.
+// calls MergeOnGpu (merge_launcher.h), which takes the default
+// MergeLaunchOptions (every choice made from the shape and the device).
 #ifndef DCPMERGE_KERNELS_CUDA_MERGE_LAUNCHER_INTERNAL_H_
 #define DCPMERGE_KERNELS_CUDA_MERGE_LAUNCHER_INTERNAL_H_
 

@@ -4,8 +4,10 @@
 //   Vec<T>            16 bytes of T (8 x bf16/fp16, 4 x fp32), 16-aligned.
 //   LoadVec / StoreVec  ld.global.v4.u32 / st.global.v4.u32 (LDG.E.128).
 //   ToFloats / FromFloats  16 bytes <-> fp32 values, round to nearest even.
-//   PackFp8<n>         n floats -> n E4M3 codes (satfinite, RNE) in one
-//                      register word of n bytes (n = 4 or 8).
+//   Fp8Word<n>::Pack   n floats -> n E4M3 codes (satfinite, RNE) in one
+//                      register word of n bytes (n = 4, 8 or 16): the
+//                      hardware conversion on sm_89 and later, the
+//                      bit-exact software encoder (numeric.h) before.
 //
 // Nothing here allocates or synchronises; every function is inlined.
 #ifndef DCPMERGE_KERNELS_CUDA_VEC_CUH_
@@ -17,6 +19,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "kernels/numeric.h"
 
 namespace dcpmerge {
 namespace cuda {
@@ -106,12 +110,18 @@ __device__ __forceinline__ Vec<__half> FromFloats(const float* f, __half*) {
   return v;
 }
 
-// Two floats -> two E4M3 codes, x[0] in the low byte (cvt.rn.satfinite
-// .e4m3x2.f32). Bit-exact with EncodeE4M3 (tests/kernels/cuda checks all
-// 2^32 inputs).
+// Two floats -> two E4M3 codes, lo in the low byte. From sm_89 on this is
+// one cvt.rn.satfinite.e4m3x2.f32, bit-exact with EncodeE4M3
+// (tests/kernels/cuda checks all 2^32 inputs); earlier GPUs have no FP8
+// conversion and run EncodeE4M3 itself.
 __device__ __forceinline__ uint32_t Fp8x2(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   return static_cast<uint32_t>(
       __nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3));
+#else
+  return static_cast<uint32_t>(EncodeE4M3(lo)) |
+         (static_cast<uint32_t>(EncodeE4M3(hi)) << 8);
+#endif
 }
 
 // Codes for n consecutive floats, packed little-endian into a word of n

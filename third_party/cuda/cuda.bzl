@@ -17,6 +17,10 @@ def cuda_library(name, srcs, hdrs = [], cu_hdrs = [], deps = [], copts = [], **k
     gencode = " ".join([
         "-gencode=arch=compute_%s,code=sm_%s" % (a, a)
         for a in CUDA_ARCHS
+    ] + [
+        # PTX for GPUs newer than the list: the newest arch, minus any
+        # arch-specific "a" suffix (such PTX would not run elsewhere).
+        "-gencode=arch=compute_{0},code=compute_{0}".format(CUDA_ARCHS[-1].rstrip("af")),
     ])
     objs = []
     for src in srcs:

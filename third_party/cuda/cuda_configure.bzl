@@ -9,9 +9,12 @@ When nvcc is absent (or DCPMERGE_DISABLE_CUDA=1), CUDA_ENABLED is False, the
 targets still exist but are empty, and GPU code is compiled out.
 """
 
-# Hopper only for now (sm_90a: H100/H200). Override with
-# DCPMERGE_CUDA_ARCHS="90a,100a" when building for other chips.
-_DEFAULT_ARCHS = "90a"
+# Machine code for A100 (sm_80), L40S (sm_89), H100/H200 (sm_90a) and B200
+# (sm_100a); PTX of the last entry without its "a" (compute_100) is embedded
+# too, so later GPUs compile it at load time. Override with
+# DCPMERGE_CUDA_ARCHS="90a" (a comma-separated list) to build faster for one
+# chip.
+_DEFAULT_ARCHS = "80,89,90a,100a"
 
 def _find_cuda_root(ctx):
     if ctx.os.environ.get("DCPMERGE_DISABLE_CUDA", "0") == "1":

@@ -89,8 +89,9 @@ struct Case {
   bool pow2 = false;
   bool pad = false;      // padded head/token strides
   bool want_lse = true;
-  bool wide = false;     // 16-byte FP8 stores
+  int part_groups = 0;   // threads per item (0: launcher's choice)
   int threads = 0;       // CTA size override (0: launcher's choice)
+  int cluster = 0;       // per-token CTAs per token (0: launcher's choice)
   float scale = 0.05f;   // static scale
   uint32_t seed = 1;
   std::string Name() const {
@@ -100,7 +101,9 @@ struct Case {
                         pow2 ? "_pow2" : "",
                         layout == LseLayout::kTokensHeads ? "_TH" : "_HT",
                         base == LseBase::kTwo ? "_b2" : "_be", pad ? "_pad" : "",
-                        wide ? "_wide" : "", threads ? absl::StrCat("_thr", threads) : "");
+                        part_groups ? absl::StrCat("_P", part_groups) : "",
+                        threads ? absl::StrCat("_thr", threads) : "",
+                        cluster ? absl::StrCat("_C", cluster) : "");
   }
 };
 
@@ -353,8 +356,9 @@ void RunCase(const Case& c) {
   if (nscales > 0) dev.out_scales = {d_scales.p, static_cast<size_t>(nscales) * 4};
   if (c.want_lse) dev.out_lse = {d_lse.p, static_cast<size_t>(rows) * 4};
   cuda::MergeLaunchOptions opt;
-  opt.wide = c.wide ? 1 : 0;
+  opt.part_groups = c.part_groups;
   opt.threads_per_cta = c.threads;
+  opt.ctas_per_token = c.cluster;
 
   Outputs run[2];
   const uint8_t poison[2] = {0xA5, 0x5A};
@@ -444,20 +448,22 @@ std::vector<Case> SweepCases() {
         c.base = (k & 2) ? LseBase::kTwo : LseBase::kNatural;
         c.pad = (k % 3) == 0;
         c.want_lse = (k % 4) != 3;
-        c.wide = (k % 5) >= 3;
-        c.threads = (k % 11) == 0 ? 32 : 0;
+        c.part_groups = (k % 5) == 0 ? 0 : 1 << ((k / 5) % 5);  // 1..16
+        c.threads = (k % 11) == 0 ? 32 : (k % 13) == 0 ? 512 : 0;
+        c.cluster = (k % 7) == 0 ? 1 + (k / 7) % 8 : 0;
         c.scale = (k % 2) ? 0.05f : 2.0f;
         c.seed = seed++;
         out.push_back(c);
       }
     }
   }
-  // Every head size x dtype x (per tensor, per token) with both store widths.
+  // Every head size x dtype x (per tensor, per token, passthrough) with the
+  // parts of an item in one thread and split over four.
   for (int d : heads_d) {
     for (DType dt : dtypes) {
       for (OutputMode mode : {OutputMode::kFp8PerTensor, OutputMode::kFp8PerToken,
                               OutputMode::kPassthrough}) {
-        for (bool wide : {false, true}) {
+        for (int groups : {1, 4}) {
           ++k;
           if (quick && k % 9 != 0) continue;
           Case c;
@@ -467,7 +473,7 @@ std::vector<Case> SweepCases() {
           c.t = 33;
           c.h = 8;
           c.mode = mode;
-          c.wide = wide;
+          c.part_groups = groups;
           c.layout = (k & 1) ? LseLayout::kTokensHeads : LseLayout::kHeadsTokens;
           c.base = (k & 2) ? LseBase::kTwo : LseBase::kNatural;
           c.seed = seed++;
@@ -500,13 +506,16 @@ TEST_F(MergeGpuTest, LargeShapes) {
   Case a;  // many tokens, the decode-batch upper end
   a.n = 4; a.t = Quick() ? 1024 : 16384; a.h = 8; a.d = 128;
   cases.push_back(a);
-  Case b = a;  // MLA-like, per token, the registers path
+  Case b = a;  // MLA-like, per token, many tokens: staged in shared memory
   b.n = 8; b.t = Quick() ? 16 : 512; b.h = 16; b.d = 512;
   b.mode = OutputMode::kFp8PerToken; b.layout = LseLayout::kTokensHeads;
   cases.push_back(b);
-  Case f = b;  // per-token two-pass fallback: H*D = 65536 per token
+  Case f = b;  // per-token, few tokens: a 16-CTA cluster per token
   f.n = 3; f.t = 5; f.h = 128; f.d = 512;
   cases.push_back(f);
+  Case e = b;  // per-token, many tokens too large to stage: two passes
+  e.n = 8; e.t = Quick() ? 270 : 300; e.h = Quick() ? 64 : 128; e.d = Quick() ? 512 : 576;
+  cases.push_back(e);
   Case g = a;  // per-token, many heads and parts (N > NB: batched loop)
   g.n = 64; g.t = 3; g.h = 200; g.d = 64; g.mode = OutputMode::kFp8PerToken;
   cases.push_back(g);
