@@ -832,6 +832,8 @@ class ManifestTest(unittest.TestCase):
             cfg = self.config(docs)
             self.assertEqual(cfg["DCPMERGE_BACKEND"], "cuda", f"{o}: NCCL needs the cuda backend")
             self.assertEqual(int(cfg["DCPMERGE_NCCL_DEVICE"]), 0, f"{o}: the pod sees its one GPU as 0")
+            fixed = int(cfg.get("DCPMERGE_NCCL_FIXED_TOKENS", "-1"))  # transport/layout.h: 0..max_tokens
+            self.assertTrue(fixed == -1 or 0 <= fixed <= int(cfg["DCPMERGE_MAX_TOKENS"]), o)
             env = generated(docs, NCCL_CONFIG)["data"]
             self.assertEqual(env.get("NCCL_NVLS_ENABLE"), "0", f"{o}: NVLink multicast must stay off")
             self.assertTrue(env.get("NCCL_SOCKET_IFNAME"), o)
