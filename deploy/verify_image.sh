@@ -5,7 +5,8 @@
 #      (stands in for both pinned base images);
 #   2. buildah bud the Dockerfile with WITH_CUDA=0 (CPU-only build; the CUDA
 #      build stage needs NVIDIA's apt repository);
-#   3. run the entrypoint inside the image (non-root, env vars only), check
+#   3. check the image's OCI version labels (build args VERSION, REVISION);
+#   4. run the entrypoint inside the image (non-root, env vars only), check
 #      health and get-config with dcpmergectl, a wrong token, then SIGTERM
 #      must give exit status 0.
 # Needs root, Debian's archive, and the packages buildah podman debootstrap.
@@ -24,9 +25,18 @@ if ! podman "${S[@]}" image exists "$base"; then
   rm -rf "$root"
 fi
 
+version=0.0.0-verify
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 buildah "${S[@]}" bud --isolation chroot -f deploy/Dockerfile \
   --build-arg BUILD_BASE="$base" --build-arg RUNTIME_BASE="$base" \
-  --build-arg WITH_CUDA=0 -t "$image" .
+  --build-arg WITH_CUDA=0 --build-arg VERSION="$version" --build-arg REVISION="$revision" \
+  -t "$image" .
+
+label() { podman "${S[@]}" image inspect --format "{{index .Labels \"org.opencontainers.image.$1\"}}" "$image"; }
+[ "$(label version)" = "$version" ] || { echo "FAIL: version label '$(label version)' != $version"; exit 1; }
+[ "$(label revision)" = "$revision" ] || { echo "FAIL: revision label '$(label revision)' != $revision"; exit 1; }
+[ "$(label licenses)" = "Apache-2.0" ] || { echo "FAIL: licenses label '$(label licenses)'"; exit 1; }
+echo "image labels: version $(label version), revision $(label revision), licenses $(label licenses)"
 
 smoke=$(mktemp)
 chmod 0644 "$smoke"
