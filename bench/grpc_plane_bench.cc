@@ -43,6 +43,10 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/heap.h"
+#include "base/log.h"
+#include "base/percentile.h"
+#include "base/rng.h"
 #include "bench/echo.grpc.pb.h"
 #include "client/rank_client.h"
 #include "grpcpp/create_channel.h"
@@ -53,9 +57,7 @@
 #include "kernels/merge_reference.h"
 #include "kernels/numeric.h"
 #include "server/config_store.h"
-#include "server/log.h"
 #include "server/merge_server.h"
-#include "server/stats.h"
 
 ABSL_FLAG(int32_t, max_steps, 2000, "Timed steps per measurement, at most");
 ABSL_FLAG(int32_t, min_steps, 30, "Timed steps per measurement, at least (even past the time budget)");
@@ -84,20 +86,6 @@ int64_t NowNs() {
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
-
-// splitmix64.
-struct Rng {
-  uint64_t s;
-  uint64_t Next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float Uniform(float lo, float hi) {
-    return lo + static_cast<float>((Next() >> 40) * (1.0 / 16777216.0)) * (hi - lo);
-  }
-};
 
 // The channel arguments RankClient::Connect uses (client/rank_client.cc).
 grpc::ChannelArguments RankChannelArgs() {
@@ -282,7 +270,7 @@ std::vector<std::vector<RankData>> MakeInputs(int T, int H, int D, uint64_t seed
   std::vector<std::vector<RankData>> sets(kSets, std::vector<RankData>(kMaxRanks));
   for (int s = 0; s < kSets; ++s) {
     for (int r = 0; r < kMaxRanks; ++r) {
-      Rng rng{seed * 1000003ull + (uint64_t(T) << 40) + (uint64_t(H) << 24) + s * 7919ull + r};
+      SplitMix64 rng{seed * 1000003ull + (uint64_t(T) << 40) + (uint64_t(H) << 24) + s * 7919ull + r};
       RankData& d = sets[s][r];
       d.out.resize(int64_t{T} * H * D);
       for (auto& x : d.out) x = FloatToBFloat16Bits(rng.Uniform(-4.0f, 4.0f));

@@ -2,13 +2,13 @@
 
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
+#include "base/grpc_status.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -21,21 +21,8 @@
 namespace dcpmerge {
 namespace {
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
@@ -164,7 +151,7 @@ absl::Status RankClient::Join() {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   ctx.set_wait_for_ready(true);  // the server may still be starting
-  absl::Status st = FromGrpc(control_->Join(&ctx, req, &resp));
+  absl::Status st = FromGrpcStatus(control_->Join(&ctx, req, &resp));
   if (!st.ok()) return st;
   {
     absl::MutexLock lock(&mu_);
@@ -207,7 +194,7 @@ void RankClient::HeartbeatLoop() {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options_.rpc_timeout);
-    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
+    absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     std::string abort_device;
     {
       absl::MutexLock lock(&mu_);
@@ -252,7 +239,7 @@ absl::Status RankClient::WaitForGroupReady(absl::Duration timeout) {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, std::min(options_.rpc_timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1))));
-    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
+    absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     if (st.ok() && resp.group_ready()) return absl::OkStatus();
     if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) return st;
     if (st.ok()) last = absl::StrCat("joined ranks: ", absl::StrJoin(resp.joined_ranks(), ","));
@@ -303,7 +290,7 @@ void RankClient::ReadLoop(Stream* s) {
     }
     w->done = true;
   }
-  absl::Status end = FromGrpc(s->rw->Finish());
+  absl::Status end = FromGrpcStatus(s->rw->Finish());
   if (end.ok()) end = absl::UnavailableError("merge stream closed by the server");
   absl::MutexLock lock(&mu_);
   for (auto& [step, w] : waiters_) {
@@ -394,7 +381,7 @@ absl::Status RankClient::Leave() {
   v1::LeaveResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
-  return FromGrpc(control_->Leave(&ctx, req, &resp));
+  return FromGrpcStatus(control_->Leave(&ctx, req, &resp));
 }
 
 #if defined(DCPMERGE_WITH_NCCL)

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "server/grpc_status.h"
+#include "base/grpc_status.h"
 
 namespace dcpmerge {
 

@@ -18,8 +18,9 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "base/heap.h"
 #include "server/admin_auth.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 
 ABSL_FLAG(std::string, rank_address, "0.0.0.0:50051",

@@ -59,11 +59,6 @@ struct MergeServerOptions {
   std::string health_address;
 };
 
-// Call once at process start, before threads: per-step buffers are MBs, and
-// glibc would return each freed one to the kernel, so every step would fault
-// in fresh pages. This keeps freed memory in the heap for reuse.
-void KeepFreedBuffersInHeap();
-
 class MergeServer {
  public:
   static absl::StatusOr<std::unique_ptr<MergeServer>> Start(MergeServerOptions options);

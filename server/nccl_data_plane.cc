@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "transport/merge_adapter.h"
 #include "transport/nccl/nccl_transport.h"
 

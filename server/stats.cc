@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/status/status.h"
+#include "base/percentile.h"
 
 namespace dcpmerge {
 
@@ -10,17 +11,6 @@ void LatencyWindow::Add(double us) {
   samples_[next_] = us;
   next_ = (next_ + 1) % samples_.size();
   count_ = std::min(count_ + 1, samples_.size());
-}
-
-double PercentileOfSorted(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0.0;
-  const size_t i = static_cast<size_t>(p * (sorted.size() - 1) + 0.5);
-  return sorted[std::min(i, sorted.size() - 1)];
-}
-
-double Percentile(std::vector<double> samples, double p) {
-  std::sort(samples.begin(), samples.end());
-  return PercentileOfSorted(samples, p);
 }
 
 v1::LatencySummary LatencyWindow::Summary() const {

@@ -20,11 +20,6 @@ namespace dcpmerge {
 
 enum class Phase { kReceive = 0, kMerge = 1, kSend = 2, kTotal = 3 };
 
-// Nearest-rank percentile (p in [0, 1]) of ascending `sorted`; 0 if empty.
-double PercentileOfSorted(const std::vector<double>& sorted, double p);
-// The same for unsorted samples (sorts a copy).
-double Percentile(std::vector<double> samples, double p);
-
 // Percentiles over the most recent `window` samples.
 class LatencyWindow {
  public:

@@ -30,13 +30,15 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/heap.h"
+#include "base/log.h"
+#include "base/percentile.h"
+#include "base/rng.h"
 #include "client/rank_client.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/numeric.h"
-#include "server/log.h"
 #include "server/merge_server.h"
-#include "server/stats.h"
 
 ABSL_FLAG(int32_t, ranks, 4, "DCP ranks (simulated, one thread each)");
 ABSL_FLAG(int32_t, tokens, 64, "Tokens per step");
@@ -54,18 +56,6 @@ ABSL_FLAG(bool, verbose, false, "Server log lines on stderr");
 
 namespace dcpmerge {
 namespace {
-
-// splitmix64: fast, good enough for test data.
-struct Rng {
-  uint64_t s;
-  uint64_t Next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
-};
 
 struct RankInput {
   std::vector<uint8_t> out;   // [T,H,D] in dtype
@@ -205,7 +195,7 @@ int Run() {
   uint64_t update_version = 0;
 
   auto make_input = [&](int r, int step, RankInput* in) {
-    Rng rng{seed * 1000003ull + step * 7919ull + r};
+    SplitMix64 rng{seed * 1000003ull + step * 7919ull + r};
     in->out.resize(elems * es);
     in->value.resize(elems);
     in->lse.resize(int64_t{T} * H);

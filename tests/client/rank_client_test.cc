@@ -4,7 +4,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"

@@ -9,7 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/rank_client.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 #include "tests/server/test_config.h"
 

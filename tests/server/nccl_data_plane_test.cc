@@ -19,7 +19,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"

@@ -25,6 +25,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "base/file.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -248,15 +249,15 @@ int ServerError(const std::string& call, const grpc::Status& st) {
   return kExitServerError;
 }
 
-bool ReadFile(const std::string& path, std::string* out, std::string* error) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    *error = absl::StrCat("cannot read ", path, ": ", std::strerror(errno));
+// Reads `path` into *out; on failure prints "dcpmergectl: <what>: cannot
+// read ..." and returns false.
+bool ReadInput(const std::string& path, const std::string& what, std::string* out, std::string* error) {
+  absl::StatusOr<std::string> text = ReadFile(path, what);
+  if (!text.ok()) {
+    *error = std::string(text.status().message());
     return false;
   }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  *out = ss.str();
+  *out = std::move(*text);
   return true;
 }
 
@@ -315,12 +316,12 @@ class Connection {
         return Usage("--tls_cert_file and --tls_key_file: give both or neither");
       }
       grpc::SslCredentialsOptions ssl;
-      if (!ca_file.empty() && !ReadFile(ca_file, &ssl.pem_root_certs, &error)) return Usage("--tls_ca_file: " + error);
-      if (!cert_file.empty() && !ReadFile(cert_file, &ssl.pem_cert_chain, &error)) {
-        return Usage("--tls_cert_file: " + error);
+      if (!ca_file.empty() && !ReadInput(ca_file, "--tls_ca_file", &ssl.pem_root_certs, &error)) return Usage(error);
+      if (!cert_file.empty() && !ReadInput(cert_file, "--tls_cert_file", &ssl.pem_cert_chain, &error)) {
+        return Usage(error);
       }
-      if (!key_file.empty() && !ReadFile(key_file, &ssl.pem_private_key, &error)) {
-        return Usage("--tls_key_file: " + error);
+      if (!key_file.empty() && !ReadInput(key_file, "--tls_key_file", &ssl.pem_private_key, &error)) {
+        return Usage(error);
       }
       creds = grpc::SslCredentials(ssl);
       if (const std::string name = absl::GetFlag(FLAGS_tls_server_name); !name.empty()) {
@@ -354,7 +355,7 @@ class Connection {
     const std::string file = absl::GetFlag(FLAGS_token_file);
     if (!file.empty()) {
       std::string error;
-      if (!ReadFile(file, &token_, &error)) return Usage("--token_file: " + error);
+      if (!ReadInput(file, "--token_file", &token_, &error)) return Usage(error);
       absl::StripTrailingAsciiWhitespace(&token_);
       if (token_.empty()) return Usage(absl::StrCat("--token_file: ", file, " is empty"));
     } else if (const char* env = std::getenv("DCPMERGE_ADMIN_TOKEN"); env != nullptr) {
@@ -572,7 +573,7 @@ int ParseSetScales(const std::vector<std::string>& args, ScalesInput* in) {
   const std::string file = absl::GetFlag(FLAGS_file);
   if (file.empty()) return Connection::Usage("set-scales: --file=FILE is required");
   std::string text, error;
-  if (!ReadFile(file, &text, &error)) return Connection::Usage("set-scales: --file: " + error);
+  if (!ReadInput(file, "set-scales: --file", &text, &error)) return Connection::Usage(error);
   auto parsed = ParseScalesJson(text);
   if (!parsed.ok()) {
     return Connection::Usage(absl::StrCat("set-scales: invalid scales file ", file, ": ", parsed.status().message()));
