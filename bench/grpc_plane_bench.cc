@@ -263,13 +263,13 @@ struct Case {
 
 constexpr float kScale = 4.0f / 448.0f;  // merged values are means of values in [-4, 4)
 constexpr int kSets = 2;                 // input sets, alternated step by step
-constexpr int kMaxRanks = 4;
+constexpr int kInputRanks = 4;         // inputs are made for the largest N
 
 // sets[s][r]
 std::vector<std::vector<RankData>> MakeInputs(int T, int H, int D, uint64_t seed) {
-  std::vector<std::vector<RankData>> sets(kSets, std::vector<RankData>(kMaxRanks));
+  std::vector<std::vector<RankData>> sets(kSets, std::vector<RankData>(kInputRanks));
   for (int s = 0; s < kSets; ++s) {
-    for (int r = 0; r < kMaxRanks; ++r) {
+    for (int r = 0; r < kInputRanks; ++r) {
       SplitMix64 rng{seed * 1000003ull + (uint64_t(T) << 40) + (uint64_t(H) << 24) + s * 7919ull + r};
       RankData& d = sets[s][r];
       d.out.resize(int64_t{T} * H * D);
@@ -381,7 +381,7 @@ class Bench {
       RankClientOptions co;
       co.target = target;
       co.rank = r;
-      co.world_size = c.N;
+      co.num_parts = c.N;
       auto client = RankClient::Connect(co);
       if (!client.ok()) {
         row->error = absl::StrCat("rank ", r, ": ", client.status().ToString());

@@ -59,10 +59,10 @@ struct RankClient::Device {
 
 absl::StatusOr<std::unique_ptr<RankClient>> RankClient::Connect(RankClientOptions options) {
   if (options.target.empty()) return absl::InvalidArgumentError("target: empty");
-  if (options.world_size < 1) return absl::InvalidArgumentError("world_size: must be >= 1");
-  if (options.rank < 0 || options.rank >= options.world_size) {
+  if (options.num_parts < 1) return absl::InvalidArgumentError("num_parts: must be >= 1");
+  if (options.rank < 0 || options.rank >= options.num_parts) {
     return absl::InvalidArgumentError(absl::StrCat("rank: ", options.rank, " is not in 0..",
-                                                   options.world_size - 1));
+                                                   options.num_parts - 1));
   }
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
   grpc::ChannelArguments args;
@@ -139,7 +139,7 @@ absl::Status RankClient::Join() {
 #endif
   v1::JoinRequest req;
   req.set_rank(options_.rank);
-  req.set_world_size(options_.world_size);
+  req.set_world_size(options_.num_parts);
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   req.set_host(host);
@@ -430,7 +430,7 @@ absl::Status RankClient::ConnectDevice() {
   if (!spec.ok()) return spec.status();
   transport::DataPlaneOptions dp;
   dp.config_version = std::max<uint64_t>(1, j.config_version());
-  dp.num_ranks = spec->world_size;
+  dp.num_parts = spec->num_parts;
   dp.num_heads = spec->num_heads;
   dp.head_size = spec->head_size;
   dp.max_tokens = spec->max_tokens;
@@ -450,7 +450,7 @@ absl::Status RankClient::ConnectDevice() {
     o.stream = options_.nccl_stream;
     factory = transport::MakeNcclCommunicatorFactory(o);
   }
-  const int n = spec->world_size;
+  const int n = spec->num_parts;
   absl::StatusOr<std::unique_ptr<transport::Transport>> t = factory.create(
       j.nccl_unique_id(), n + 1, options_.rank, absl::Now() + options_.nccl_init_timeout, &device_cancel_);
   if (!t.ok()) {

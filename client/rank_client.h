@@ -1,7 +1,7 @@
 // RankClient: the rank side of dcpmerge over gRPC (host buffers).
 //
 //   RankClientOptions o;
-//   o.target = "merge-server:50051";  o.rank = 2;  o.world_size = 4;
+//   o.target = "merge-server:50051";  o.rank = 2;  o.num_parts = 4;
 //   auto client = RankClient::Connect(o);          // channel only
 //   (*client)->Join();                             // + heartbeat thread
 //   (*client)->WaitForGroupReady(absl::Seconds(30));
@@ -74,7 +74,7 @@ namespace dcpmerge {
 struct RankClientOptions {
   std::string target;  // rank listener, "host:port"
   int32_t rank = 0;
-  int32_t world_size = 0;
+  int32_t num_parts = 0;
   std::string device = "cpu";         // reported at Join
   uint64_t expected_config_hash = 0;  // 0: accept the server's config
   bool replace_existing = false;      // take over a live slot (restart)

@@ -56,11 +56,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "base/limits.h"
 #include "kernels/numeric.h"
 
 namespace dcpmerge {
 
-inline constexpr int kMaxParts = 64;
+// kMaxParts (base/limits.h): most parts one merge combines.
 
 enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16 };
 enum class LseBase : uint8_t { kNatural, kTwo };

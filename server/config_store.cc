@@ -41,7 +41,7 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& c) {
   if (c.num_heads() < 1) return Invalid("config.num_heads", "must be >= 1");
   if (c.head_size() < 1) return Invalid("config.head_size", "must be >= 1");
   if (c.max_tokens() < 1) return Invalid("config.max_tokens", "must be >= 1");
-  s.world_size = c.world_size();
+  s.num_parts = c.world_size();
   s.num_heads = c.num_heads();
   s.head_size = c.head_size();
   s.max_tokens = c.max_tokens();
@@ -84,8 +84,8 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& c) {
     case v1::RETURN_MODE_UNSPECIFIED:
     case v1::RETURN_MODE_FULL: s.head_slice = false; break;
     case v1::RETURN_MODE_HEAD_SLICE:
-      if (s.num_heads % s.world_size != 0) {
-        return Invalid("config.return_mode", absl::StrCat("head slice needs world_size ", s.world_size,
+      if (s.num_heads % s.num_parts != 0) {
+        return Invalid("config.return_mode", absl::StrCat("head slice needs world_size ", s.num_parts,
                                                           " to divide num_heads ", s.num_heads));
       }
       s.head_slice = true;
@@ -106,7 +106,7 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& c) {
 
 v1::GroupConfig GroupSpecToProto(const GroupSpec& s) {
   v1::GroupConfig c;
-  c.set_world_size(s.world_size);
+  c.set_world_size(s.num_parts);
   c.set_num_heads(s.num_heads);
   c.set_head_size(s.head_size);
   c.set_max_tokens(s.max_tokens);
@@ -138,7 +138,7 @@ uint64_t GroupSpecHash(const GroupSpec& s) {
       h *= 1099511628211ull;
     }
   };
-  mix(s.world_size);
+  mix(s.num_parts);
   mix(s.num_heads);
   mix(s.head_size);
   mix(s.max_tokens);

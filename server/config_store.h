@@ -25,7 +25,7 @@ inline constexpr int64_t kMaxPayloadBytes = 192ll << 20;  // one part's partial 
 
 // A validated GroupConfig in the kernel contract's terms.
 struct GroupSpec {
-  int32_t world_size = 0;
+  int32_t num_parts = 0;
   int32_t num_heads = 0;
   int32_t head_size = 0;
   int64_t max_tokens = 0;

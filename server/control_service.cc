@@ -21,7 +21,7 @@ grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* r
   std::shared_ptr<const ConfigSnapshot> cfg = config_->Current();
   JoinInfo info;
   info.rank = req->rank();
-  info.world_size = req->world_size();
+  info.num_parts = req->world_size();
   info.host = req->host();
   info.device = req->device();
   info.pid = req->pid();
@@ -42,7 +42,7 @@ grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* r
   resp->set_nccl_generation(nccl.generation);
   resp->set_nccl_fixed_shape(nccl.fixed_tokens >= 0);
   resp->set_nccl_fixed_tokens(nccl.fixed_tokens >= 0 ? nccl.fixed_tokens : 0);
-  resp->set_server_nccl_rank(cfg->spec.world_size);
+  resp->set_server_nccl_rank(cfg->spec.num_parts);
   const int64_t hb = absl::ToInt64Milliseconds(group_->heartbeat_timeout());
   resp->set_heartbeat_timeout_ms(hb);
   resp->set_heartbeat_interval_ms(hb / 4 > 0 ? hb / 4 : 1);

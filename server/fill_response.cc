@@ -1,5 +1,6 @@
 #include <cstring>
 
+#include "base/head_slice.h"
 #include "server/data_plane.h"
 
 namespace dcpmerge {
@@ -21,13 +22,14 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   const int64_t D = spec.head_size;
   int64_t hb = 0, hc = H;
   if (spec.head_slice) {
-    if (rank < 0 || rank >= spec.world_size) {
+    if (rank < 0 || rank >= spec.num_parts) {
       out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
       out->set_status_message("header.rank: the stream is not bound to a rank of the group");
       return;
     }
-    hc = H / spec.world_size;
-    hb = int64_t{rank} * hc;
+    const HeadRange slice = HeadSlice(spec.num_heads, spec.num_parts, rank);
+    hb = slice.begin;
+    hc = slice.count;
   }
   out->set_head_begin(static_cast<int32_t>(hb));
   out->set_head_count(static_cast<int32_t>(hc));

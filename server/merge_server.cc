@@ -192,10 +192,10 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::Configure(
   auto snap = config_.Configure(config, default_scale);
   if (!snap.ok()) return snap;
   LogInfo("configured: version %u, world_size %d, heads %d, head_size %d, max_tokens %d",
-          (*snap)->version, (*snap)->spec.world_size, (*snap)->spec.num_heads,
+          (*snap)->version, (*snap)->spec.num_parts, (*snap)->spec.num_heads,
           (*snap)->spec.head_size, (*snap)->spec.max_tokens);
   if (!before->configured || before->hash != (*snap)->hash) {
-    group_->Reset((*snap)->spec.world_size, "group configuration changed; join again");
+    group_->Reset((*snap)->spec.num_parts, "group configuration changed; join again");
   }
   draining_.store(false);
   if (!shut_down_.load()) collector_->Resume();

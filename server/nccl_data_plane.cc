@@ -115,7 +115,7 @@ absl::StatusOr<transport::ProtocolConfig> NcclDataPlane::ProtocolFor(
   const GroupSpec& spec = snap.spec;
   transport::DataPlaneOptions dp;
   dp.config_version = snap.version;
-  dp.num_ranks = spec.world_size;
+  dp.num_parts = spec.num_parts;
   dp.num_heads = spec.num_heads;
   dp.head_size = spec.head_size;
   dp.max_tokens = spec.max_tokens;
@@ -166,7 +166,7 @@ absl::Status NcclDataPlane::Start() {
   started_ = true;
   loop_ = std::thread([this] { Loop(); });
   LogInfo("data plane nccl: waiting for %d rank(s) to join (generation 1%s)",
-          snap->configured ? snap->spec.world_size : 0,
+          snap->configured ? snap->spec.num_parts : 0,
           options_.fixed_tokens >= 0 ? absl::StrCat(", fixed shape ", options_.fixed_tokens, " tokens")
                                      : std::string(", dynamic shapes"));
   return absl::OkStatus();
@@ -271,7 +271,7 @@ std::string NcclDataPlane::FormAndServe() {
     last_error_ = std::string(pc.status().message());
     return {};
   }
-  const int n = snap->spec.world_size;
+  const int n = snap->spec.num_parts;
   std::string id;
   uint64_t generation;
   {
@@ -409,7 +409,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
 
 void NcclDataPlane::RecordOutcome(const transport::StepOutcome& o, absl::Time done) {
   stats_->RecordStep(o.step_status);
-  const int n = protocol_.num_ranks;
+  const int n = protocol_.num_parts;
   if (!o.step_status.ok()) {
     for (int r = 0; r < n; ++r) stats_->RecordErrorResponse(o.step_status.code());
     return;

@@ -167,7 +167,7 @@ int Run() {
     RankClientOptions co;
     co.target = target;
     co.rank = r;
-    co.world_size = N;
+    co.num_parts = N;
     auto c = RankClient::Connect(co);
     if (!c.ok() || !(*c)->Join().ok()) {
       std::fprintf(stderr, "rank %d could not join\n", r);

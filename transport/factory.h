@@ -23,12 +23,12 @@ namespace transport {
 struct CommunicatorFactory {
   // A fresh unique id (opaque bytes; 128 for NCCL).
   std::function<absl::StatusOr<std::string>()> new_unique_id;
-  // Joins communicator `unique_id` as `rank` of `world_size`. Blocks until
+  // Joins communicator `unique_id` as `rank` of `num_parties`. Blocks until
   // every party joined (OK), `deadline` passed (DEADLINE_EXCEEDED) or
   // `*cancel` (may be null) became true (CANCELLED); a half-made
   // communicator is aborted on failure. Thread-safe.
   std::function<absl::StatusOr<std::unique_ptr<Transport>>(
-      const std::string& unique_id, int world_size, int rank,
+      const std::string& unique_id, int num_parties, int rank,
       absl::Time deadline, const std::atomic<bool>* cancel)>
       create;
 

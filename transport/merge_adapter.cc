@@ -8,7 +8,7 @@ namespace transport {
 absl::StatusOr<ProtocolConfig> ToProtocolConfig(const MergeConfig& merge,
                                                 const DataPlaneOptions& dp) {
   MergeShape shape;
-  shape.num_parts = dp.num_ranks;
+  shape.num_parts = dp.num_parts;
   shape.num_tokens = dp.max_tokens;
   shape.num_heads = dp.num_heads;
   shape.head_size = dp.head_size;
@@ -17,7 +17,7 @@ absl::StatusOr<ProtocolConfig> ToProtocolConfig(const MergeConfig& merge,
 
   ProtocolConfig c;
   c.config_version = dp.config_version;
-  c.num_ranks = dp.num_ranks;
+  c.num_parts = dp.num_parts;
   c.num_heads = dp.num_heads;
   c.head_size = dp.head_size;
   c.max_tokens = dp.max_tokens;

@@ -19,7 +19,7 @@ namespace transport {
 // What the data plane adds to a MergeConfig.
 struct DataPlaneOptions {
   uint64_t config_version = 1;
-  int32_t num_ranks = 0;
+  int32_t num_parts = 0;
   int32_t num_heads = 0;
   int32_t head_size = 0;
   int64_t max_tokens = 0;

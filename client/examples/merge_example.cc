@@ -23,7 +23,7 @@ int main(int argc, char** argv) {
   dcpmerge::RankClientOptions options;
   options.target = absl::GetFlag(FLAGS_target);
   options.rank = absl::GetFlag(FLAGS_rank);
-  options.world_size = absl::GetFlag(FLAGS_world_size);
+  options.num_parts = absl::GetFlag(FLAGS_world_size);
 
   // 1. Connect and join; the join reply carries the group's shape.
   auto client = dcpmerge::RankClient::Connect(options);

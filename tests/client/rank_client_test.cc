@@ -33,7 +33,7 @@ class RankClientTest : public ::testing::Test {
     RankClientOptions o;
     o.target = absl::StrCat("127.0.0.1:", server_->rank_port());
     o.rank = rank;
-    o.world_size = 2;
+    o.num_parts = 2;
     o.merge_timeout = merge_timeout;
     auto c = RankClient::Connect(o);
     EXPECT_TRUE(c.ok());
@@ -50,7 +50,7 @@ TEST_F(RankClientTest, ConnectValidatesOptions) {
   RankClientOptions o;
   EXPECT_THAT(std::string(RankClient::Connect(o).status().message()), HasSubstr("target"));
   o.target = "127.0.0.1:1";
-  o.world_size = 2;
+  o.num_parts = 2;
   o.rank = 2;
   EXPECT_THAT(std::string(RankClient::Connect(o).status().message()), HasSubstr("rank"));
 }

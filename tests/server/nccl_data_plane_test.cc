@@ -106,7 +106,7 @@ class NcclPlaneTest : public ::testing::Test {
     RankClientOptions o;
     o.target = target_;
     o.rank = rank;
-    o.world_size = n_;
+    o.num_parts = n_;
     o.rpc_timeout = absl::Seconds(5);
     o.heartbeat = heartbeat;
     o.nccl_factory = hub_->Factory();

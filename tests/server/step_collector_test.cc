@@ -61,7 +61,7 @@ class StepCollectorTest : public ::testing::Test {
     for (int r = 0; r < kN; ++r) {
       JoinInfo j;
       j.rank = r;
-      j.world_size = kN;
+      j.num_parts = kN;
       auto s = group_->Join(j, *store_.Current());
       ASSERT_TRUE(s.ok());
       sessions_[r] = *s;

@@ -6,9 +6,9 @@
 
 namespace dcpmerge::testing {
 
-inline v1::GroupConfig SmallConfig(int world_size = 3) {
+inline v1::GroupConfig SmallConfig(int num_parts = 3) {
   v1::GroupConfig c;
-  c.set_world_size(world_size);
+  c.set_world_size(num_parts);
   c.set_num_heads(2);
   c.set_head_size(64);
   c.set_max_tokens(8);

@@ -134,10 +134,10 @@ void InputsFor(const ProtocolConfig& c, uint64_t step_id, int32_t layer,
 
 }  // namespace
 
-ProtocolConfig Fp32Config(int num_ranks) {
+ProtocolConfig Fp32Config(int num_parts) {
   ProtocolConfig c;
   c.config_version = 1;
-  c.num_ranks = num_ranks;
+  c.num_parts = num_parts;
   c.num_heads = 8;
   c.head_size = 16;
   c.max_tokens = 32;
@@ -149,10 +149,10 @@ ProtocolConfig Fp32Config(int num_ranks) {
   return c;
 }
 
-ProtocolConfig Fp8Config(int num_ranks, ScaleLayout scales) {
+ProtocolConfig Fp8Config(int num_parts, ScaleLayout scales) {
   ProtocolConfig c;
   c.config_version = 1;
-  c.num_ranks = num_ranks;
+  c.num_parts = num_parts;
   c.num_heads = 8;
   c.head_size = 16;
   c.max_tokens = 32;
@@ -202,7 +202,7 @@ absl::Status PatternMerge(MergeStep& step) {
 Harness::Harness(const ProtocolConfig& config, MergeFn merge,
                  ServerOptions options)
     : config_(config), merge_(merge ? std::move(merge) : MergeFn(ExactMerge)) {
-  const int n = config.num_ranks;
+  const int n = config.num_parts;
   world_ = FakeWorld::Create(n + 1);
   for (int r = 0; r < n; ++r) {
     rank_transports_.push_back(*world_->Connect(r));
@@ -264,7 +264,7 @@ void Harness::ExpectedFull(const StepSpec& spec, std::vector<uint8_t>* out,
                            std::vector<uint8_t>* out_lse) const {
   // The server's own callback, applied straight to the inputs: what the
   // ranks receive must be exactly this, sliced.
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   const PayloadSizes full = FullPayloadSizes(config_, spec.num_tokens);
   std::vector<std::vector<uint8_t>> parts(static_cast<size_t>(n));
   std::vector<std::vector<float>> lses(static_cast<size_t>(n));
@@ -352,7 +352,7 @@ void Harness::ExpectedForRank(const StepSpec& spec, int rank,
 }
 
 StepRun Harness::Run(const StepSpec& spec) {
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   StepRun run;
   run.ranks.resize(static_cast<size_t>(n));
   std::vector<std::thread> threads;

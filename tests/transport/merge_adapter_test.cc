@@ -26,7 +26,7 @@ constexpr OutputMode kModes[] = {OutputMode::kFp8PerTensor,
 
 DataPlaneOptions Options(int ranks) {
   DataPlaneOptions o;
-  o.num_ranks = ranks;
+  o.num_parts = ranks;
   o.num_heads = 8;
   o.head_size = 128;
   o.max_tokens = 32;

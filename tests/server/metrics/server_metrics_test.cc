@@ -90,7 +90,7 @@ TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
     RankClientOptions o;
     o.target = server.rank_target();
     o.rank = r;
-    o.world_size = kWorld;
+    o.num_parts = kWorld;
     o.merge_timeout = absl::Seconds(20);
     auto c = RankClient::Connect(o);
     ASSERT_TRUE(c.ok()) << c.status();
