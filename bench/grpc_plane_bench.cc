@@ -49,6 +49,8 @@
 #include "base/rng.h"
 #include "bench/echo.grpc.pb.h"
 #include "client/rank_client.h"
+#include "common/channel_args.h"
+#include "common/group_spec.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -56,7 +58,6 @@
 #include "kernels/merge_contract.h"
 #include "kernels/merge_reference.h"
 #include "kernels/numeric.h"
-#include "server/config_store.h"
 #include "server/merge_server.h"
 
 ABSL_FLAG(int32_t, max_steps, 2000, "Timed steps per measurement, at most");
@@ -85,15 +86,6 @@ int64_t NowNs() {
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// The channel arguments RankClient::Connect uses (client/rank_client.cc).
-grpc::ChannelArguments RankChannelArgs() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(512 << 20);
-  args.SetMaxSendMessageSize(512 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
-  return args;
 }
 
 // Established TCP connections whose remote end is 127.0.0.1:port, plain or
@@ -315,7 +307,7 @@ class Bench {
     std::vector<std::unique_ptr<EchoRank>> ranks;
     for (int r = 0; r < c.N; ++r) {
       auto e = std::make_unique<EchoRank>();
-      grpc::ChannelArguments args = RankChannelArgs();
+      grpc::ChannelArguments args = RankChannelArguments();  // as RankClient::Connect
       if (absl::GetFlag(FLAGS_echo_separate_connections)) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       e->channel = grpc::CreateCustomChannel(echo_target_, grpc::InsecureChannelCredentials(), args);
       e->stub = bench::Echo::NewStub(e->channel);
@@ -351,16 +343,8 @@ class Bench {
 
   void RunMerge(const std::vector<std::vector<RankData>>& sets, int left, Row* row) {
     const Case c = row->c;
-    v1::GroupConfig cfg;
-    cfg.set_world_size(c.N);
-    cfg.set_num_heads(c.H);
-    cfg.set_head_size(c.D);
-    cfg.set_max_tokens(c.T);
-    cfg.set_input_dtype(v1::DTYPE_BFLOAT16);
-    cfg.set_lse_base(v1::LSE_BASE_E);
-    cfg.set_lse_layout(v1::LSE_LAYOUT_HEADS_TOKENS);
-    cfg.set_output_mode(v1::OUTPUT_MODE_FP8_PER_TENSOR);
-    cfg.set_return_mode(v1::RETURN_MODE_FULL);
+    // bf16 in, LSE base e in [H,T], FP8 per tensor, full return.
+    const v1::GroupConfig cfg = DefaultGroupConfig(c.N, c.H, c.D, c.T);
 
     MergeServerOptions so;
     so.rank_address = "127.0.0.1:0";
@@ -495,7 +479,7 @@ int Run() {
   absl::SetFlag(&FLAGS_min_steps, std::min(absl::GetFlag(FLAGS_min_steps), absl::GetFlag(FLAGS_max_steps)));
   const auto t_start = Clock::now();
 
-  // The echo server: the rank listener's builder settings (merge_server.cc).
+  // The echo server: the rank listener's settings.
   int64_t max_out = 0;
   for (int T : tokens) {
     for (auto [H, D] : heads) max_out = std::max(max_out, int64_t{T} * H * D);
@@ -505,10 +489,7 @@ int Run() {
   int echo_port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo_port);
   builder.RegisterService(&echo);
-  const int max_msg = static_cast<int>(2 * kMaxPayloadBytes + (16 << 20));
-  builder.SetMaxReceiveMessageSize(max_msg);
-  builder.SetMaxSendMessageSize(max_msg);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  ConfigureRankListener(&builder);
   std::unique_ptr<grpc::Server> echo_server = builder.BuildAndStart();
   if (echo_server == nullptr || echo_port == 0) {
     std::fprintf(stderr, "echo server failed to start\n");

@@ -9,12 +9,13 @@
 #include "absl/time/clock.h"
 #include "base/file.h"
 #include "base/grpc_status.h"
+#include "common/channel_args.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
 #if defined(DCPMERGE_WITH_NCCL)
-#include "server/config_store.h"
-#include "transport/merge_adapter.h"
+#include "common/group_spec.h"
+#include "common/merge_adapter.h"
 #include "transport/nccl/nccl_transport.h"
 #endif
 
@@ -65,10 +66,7 @@ absl::StatusOr<std::unique_ptr<RankClient>> RankClient::Connect(RankClientOption
                                                    options.num_parts - 1));
   }
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(512 << 20);
-  args.SetMaxSendMessageSize(512 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  grpc::ChannelArguments args = RankChannelArguments();
   if (options.use_tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_root_ca_file.empty()) {
@@ -428,19 +426,8 @@ absl::Status RankClient::ConnectDevice() {
   }
   absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(j.config());
   if (!spec.ok()) return spec.status();
-  transport::DataPlaneOptions dp;
-  dp.config_version = std::max<uint64_t>(1, j.config_version());
-  dp.num_parts = spec->num_parts;
-  dp.num_heads = spec->num_heads;
-  dp.head_size = spec->head_size;
-  dp.max_tokens = spec->max_tokens;
-  dp.return_lse = spec->return_lse;
-  dp.return_mode = spec->head_slice ? transport::ReturnMode::kHeadSlice : transport::ReturnMode::kFull;
-  if (j.nccl_fixed_shape()) {
-    dp.shape_mode = transport::ShapeMode::kFixed;
-    dp.fixed_tokens = j.nccl_fixed_tokens();
-  }
-  absl::StatusOr<transport::ProtocolConfig> pc = transport::ToProtocolConfig(spec->merge, dp);
+  absl::StatusOr<transport::ProtocolConfig> pc = ProtocolConfigFor(
+      *spec, std::max<uint64_t>(1, j.config_version()), j.nccl_fixed_shape() ? j.nccl_fixed_tokens() : -1);
   if (!pc.ok()) return pc.status();
 
   transport::CommunicatorFactory factory = options_.nccl_factory;

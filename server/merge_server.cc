@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "common/channel_args.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -117,17 +118,11 @@ absl::Status MergeServer::Init() {
   if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  const int max_msg = static_cast<int>(2 * kMaxPayloadBytes + (16 << 20));
-
   grpc::ServerBuilder rank_builder;
   rank_builder.AddListeningPort(options_.rank_address, *creds, &rank_port_);
   rank_builder.RegisterService(control_service_.get());
   if (plane_service != nullptr) rank_builder.RegisterService(plane_service);
-  rank_builder.SetMaxReceiveMessageSize(max_msg);
-  rank_builder.SetMaxSendMessageSize(max_msg);
-  // Partials are MBs per step: start with a large stream window instead of
-  // waiting for BDP probing to grow it from 64 KiB.
-  rank_builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  ConfigureRankListener(&rank_builder);
   rank_server_ = rank_builder.BuildAndStart();
   if (rank_server_ == nullptr || rank_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("rank_address: cannot listen on ", options_.rank_address));

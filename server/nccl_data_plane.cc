@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/log.h"
-#include "transport/merge_adapter.h"
+#include "common/merge_adapter.h"
 #include "transport/nccl/nccl_transport.h"
 
 #if defined(DCPMERGE_WITH_CUDA)
@@ -112,20 +112,7 @@ NcclDataPlane::~NcclDataPlane() { Stop(); }
 
 absl::StatusOr<transport::ProtocolConfig> NcclDataPlane::ProtocolFor(
     const ConfigSnapshot& snap) const {
-  const GroupSpec& spec = snap.spec;
-  transport::DataPlaneOptions dp;
-  dp.config_version = snap.version;
-  dp.num_parts = spec.num_parts;
-  dp.num_heads = spec.num_heads;
-  dp.head_size = spec.head_size;
-  dp.max_tokens = spec.max_tokens;
-  dp.return_lse = spec.return_lse;
-  dp.return_mode = spec.head_slice ? transport::ReturnMode::kHeadSlice : transport::ReturnMode::kFull;
-  if (options_.fixed_tokens >= 0) {
-    dp.shape_mode = transport::ShapeMode::kFixed;
-    dp.fixed_tokens = options_.fixed_tokens;
-  }
-  auto c = transport::ToProtocolConfig(spec.merge, dp);
+  auto c = ProtocolConfigFor(snap.spec, snap.version, options_.fixed_tokens);
   if (!c.ok()) {
     return absl::Status(c.status().code(), absl::StrCat("data_plane nccl: ", c.status().message()));
   }
@@ -389,7 +376,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
   }
   float scale = snap.ScaleForLayer(step.layer_id);
   const bool per_tensor = merge.output_mode == OutputMode::kFp8PerTensor;
-  MergeArgs args = transport::ToMergeArgs(step, merge, per_tensor ? &scale : nullptr);
+  MergeArgs args = ToMergeArgs(step, merge, per_tensor ? &scale : nullptr);
   if (per_tensor) step.static_scale_used = scale;
   merge_start_ = absl::Now();
   absl::Status st = merger_->Merge(args, step.queue);
@@ -399,9 +386,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
     return absl::Status(st.code(), absl::StrCat("merge: ", st.message()));
   }
   if (merger_->on_host() && merge.output_mode != OutputMode::kPassthrough) {
-    uint64_t sat = 0;
-    const uint8_t* out = static_cast<const uint8_t*>(step.out);
-    for (uint64_t i = 0; i < step.out_bytes; ++i) sat += (out[i] & 0x7F) == 0x7E;
+    const uint64_t sat = CountSaturatedFp8Codes(static_cast<const uint8_t*>(step.out), step.out_bytes);
     if (sat > 0) stats_->AddSaturated(sat);
   }
   return absl::OkStatus();

@@ -340,8 +340,7 @@ void StepCollector::RunMerge(Pending& p) {
     stats_->RecordLatency(Phase::kMerge, t1 - t0);
     stats_->RecordLatency(Phase::kTotal, t1 - p.first_arrival);
     if (fp8) {
-      uint64_t sat = 0;
-      for (uint8_t c : result->output) sat += (c & 0x7F) == 0x7E;
+      const uint64_t sat = CountSaturatedFp8Codes(result->output.data(), result->output.size());
       if (sat > 0) stats_->AddSaturated(sat);
     }
   } else {

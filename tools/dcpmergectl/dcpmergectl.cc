@@ -26,6 +26,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
 #include "base/file.h"
+#include "common/group_spec.h"
+#include "common/names.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -262,41 +264,12 @@ bool ReadInput(const std::string& path, const std::string& what, std::string* ou
 }
 
 // ------------------------------------------------------------ enum names ---
-template <typename E>
-struct Names {
-  std::vector<std::pair<std::string, E>> list;
-  std::string Name(E e) const {
-    for (const auto& [n, v] : list) {
-      if (v == e) return n;
-    }
-    return absl::StrCat("unspecified(", static_cast<int>(e), ")");
-  }
-  bool Parse(const std::string& flag, const std::string& s, E* out, std::string* error) const {
-    const std::string v = absl::AsciiStrToLower(s);
-    std::vector<std::string> names;
-    for (const auto& [n, e] : list) {
-      if (n == v) {
-        *out = e;
-        return true;
-      }
-      names.push_back(n);
-    }
-    *error = absl::StrCat("--", flag, "=", s, ": not one of ", absl::StrJoin(names, " | "));
-    return false;
-  }
-};
-
-const Names<v1::DType> kDTypes{{{"bf16", v1::DTYPE_BFLOAT16}, {"fp16", v1::DTYPE_FLOAT16}, {"fp32", v1::DTYPE_FLOAT32}}};
-const Names<v1::LseBase> kLseBases{{{"e", v1::LSE_BASE_E}, {"2", v1::LSE_BASE_2}}};
-const Names<v1::LseLayout> kLseLayouts{
-    {{"heads_tokens", v1::LSE_LAYOUT_HEADS_TOKENS}, {"tokens_heads", v1::LSE_LAYOUT_TOKENS_HEADS}}};
-const Names<v1::OutputMode> kOutputModes{{{"fp8_per_tensor", v1::OUTPUT_MODE_FP8_PER_TENSOR},
-                                          {"fp8_per_token", v1::OUTPUT_MODE_FP8_PER_TOKEN},
-                                          {"fp8_per_group", v1::OUTPUT_MODE_FP8_PER_GROUP},
-                                          {"passthrough", v1::OUTPUT_MODE_PASSTHROUGH}}};
-const Names<v1::ReturnMode> kReturnModes{
-    {{"full", v1::RETURN_MODE_FULL}, {"head_slice", v1::RETURN_MODE_HEAD_SLICE}}};
-const Names<v1::DataPlane> kDataPlanes{{{"grpc", v1::DATA_PLANE_GRPC}, {"nccl", v1::DATA_PLANE_NCCL}}};
+// The enum's name (common/names.h), or "unspecified(N)".
+template <typename E, size_t N>
+std::string Shown(const NamedValue<E> (&table)[N], E value) {
+  const absl::string_view name = NameOf(table, value);
+  return name.empty() ? absl::StrCat("unspecified(", static_cast<int>(value), ")") : std::string(name);
+}
 
 bool ValidScale(float s) { return std::isfinite(s) && s > 0.0f; }
 
@@ -427,12 +400,12 @@ int GetConfig(Connection& c) {
     absl::StrAppendFormat(&out, "%-16s world_size %d, num_heads %d, head_size %d, max_tokens %d\n", "shape",
                           g.world_size(), g.num_heads(), g.head_size(), g.max_tokens());
     absl::StrAppendFormat(&out, "%-16s input_dtype %s, lse_base %s, lse_layout %s\n", "input",
-                          kDTypes.Name(g.input_dtype()), kLseBases.Name(g.lse_base()),
-                          kLseLayouts.Name(g.lse_layout()));
+                          Shown(kDTypeNames, g.input_dtype()), Shown(kLseBaseNames, g.lse_base()),
+                          Shown(kLseLayoutNames, g.lse_layout()));
     absl::StrAppendFormat(&out, "%-16s output_mode %s, group_size %d, power_of_two_scales %s\n", "output",
-                          kOutputModes.Name(g.output_mode()), g.group_size(),
+                          Shown(kOutputModeNames, g.output_mode()), g.group_size(),
                           g.power_of_two_scales() ? "true" : "false");
-    absl::StrAppendFormat(&out, "%-16s return_mode %s, return_lse %s\n", "return", kReturnModes.Name(g.return_mode()),
+    absl::StrAppendFormat(&out, "%-16s return_mode %s, return_lse %s\n", "return", Shown(kReturnModeNames, g.return_mode()),
                           g.return_lse() ? "true" : "false");
   }
   absl::StrAppendFormat(&out, "%-16s %g\n", "default scale", r.default_scale());
@@ -441,7 +414,7 @@ int GetConfig(Connection& c) {
   for (const auto& [layer, s] : scales) parts.push_back(absl::StrFormat("%d=%g", layer, s));
   absl::StrAppendFormat(&out, "%-16s %s\n", "layer scales", parts.empty() ? "(none)" : absl::StrJoin(parts, " "));
   absl::StrAppendFormat(&out, "%-16s %s\n", "backend", r.backend());
-  absl::StrAppendFormat(&out, "%-16s %s\n", "data plane", kDataPlanes.Name(r.data_plane()));
+  absl::StrAppendFormat(&out, "%-16s %s\n", "data plane", Shown(kDataPlaneNames, r.data_plane()));
   absl::StrAppendFormat(&out, "%-16s %s (%d of %d ranks joined)\n", "group ready", r.group_ready() ? "yes" : "no",
                         r.members_size(), g.world_size());
   absl::StrAppendFormat(&out, "%-16s %s\n", "draining", r.draining() ? "yes" : "no");
@@ -472,14 +445,8 @@ int Configure(Connection& c) {
   if (cur.configured()) {
     g = cur.config();
   } else {  // the server's own defaults for unconfigured starts
-    g.set_input_dtype(v1::DTYPE_BFLOAT16);
-    g.set_lse_base(v1::LSE_BASE_E);
-    g.set_lse_layout(v1::LSE_LAYOUT_HEADS_TOKENS);
-    g.set_output_mode(v1::OUTPUT_MODE_FP8_PER_TENSOR);
-    g.set_group_size(128);
-    g.set_return_mode(v1::RETURN_MODE_FULL);
+    g = DefaultGroupConfig();
   }
-  std::string error;
   if (auto v = absl::GetFlag(FLAGS_world_size)) g.set_world_size(*v);
   if (auto v = absl::GetFlag(FLAGS_num_heads)) g.set_num_heads(*v);
   if (auto v = absl::GetFlag(FLAGS_head_size)) g.set_head_size(*v);
@@ -489,27 +456,37 @@ int Configure(Connection& c) {
   if (auto v = absl::GetFlag(FLAGS_return_lse)) g.set_return_lse(*v);
   if (auto v = absl::GetFlag(FLAGS_input_dtype)) {
     v1::DType e;
-    if (!kDTypes.Parse("input_dtype", *v, &e, &error)) return Connection::Usage(error);
+    if (absl::Status st = ParseName(kDTypeNames, "input_dtype", *v, &e); !st.ok()) {
+      return Connection::Usage(std::string(st.message()));
+    }
     g.set_input_dtype(e);
   }
   if (auto v = absl::GetFlag(FLAGS_lse_base)) {
     v1::LseBase e;
-    if (!kLseBases.Parse("lse_base", *v, &e, &error)) return Connection::Usage(error);
+    if (absl::Status st = ParseName(kLseBaseNames, "lse_base", *v, &e); !st.ok()) {
+      return Connection::Usage(std::string(st.message()));
+    }
     g.set_lse_base(e);
   }
   if (auto v = absl::GetFlag(FLAGS_lse_layout)) {
     v1::LseLayout e;
-    if (!kLseLayouts.Parse("lse_layout", *v, &e, &error)) return Connection::Usage(error);
+    if (absl::Status st = ParseName(kLseLayoutNames, "lse_layout", *v, &e); !st.ok()) {
+      return Connection::Usage(std::string(st.message()));
+    }
     g.set_lse_layout(e);
   }
   if (auto v = absl::GetFlag(FLAGS_output_mode)) {
     v1::OutputMode e;
-    if (!kOutputModes.Parse("output_mode", *v, &e, &error)) return Connection::Usage(error);
+    if (absl::Status st = ParseName(kOutputModeNames, "output_mode", *v, &e); !st.ok()) {
+      return Connection::Usage(std::string(st.message()));
+    }
     g.set_output_mode(e);
   }
   if (auto v = absl::GetFlag(FLAGS_return_mode)) {
     v1::ReturnMode e;
-    if (!kReturnModes.Parse("return_mode", *v, &e, &error)) return Connection::Usage(error);
+    if (absl::Status st = ParseName(kReturnModeNames, "return_mode", *v, &e); !st.ok()) {
+      return Connection::Usage(std::string(st.message()));
+    }
     g.set_return_mode(e);
   }
   v1::ConfigureRequest req;
