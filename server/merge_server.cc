@@ -13,11 +13,36 @@
 #include "server/admin_service.h"
 #include "server/control_service.h"
 #include "server/grpc_data_plane.h"
+#include "server/metrics/metrics_exporter.h"
 #include "base/log.h"
 
 namespace dcpmerge {
 
 namespace {
+
+// Stats -> the exporter's histograms (server/metrics does not depend on the
+// server's internals; the phases are its label indices).
+static_assert(static_cast<int>(Phase::kReceive) == 0 && static_cast<int>(Phase::kMerge) == 1 &&
+                  static_cast<int>(Phase::kSend) == 2 && static_cast<int>(Phase::kTotal) == 3 &&
+                  kNumPhases == static_cast<int>(metrics::kPhaseNames.size()),
+              "metrics::kPhaseNames follows server/stats.h's Phase");
+
+class HistogramFeed : public LatencyObserver {
+ public:
+  explicit HistogramFeed(metrics::LatencyHistograms* histograms) : histograms_(histograms) {}
+  void ObserveLatency(Phase phase, double us) override { histograms_->Observe(static_cast<int>(phase), us); }
+
+ private:
+  metrics::LatencyHistograms* const histograms_;
+};
+
+void ToProto(const LatencySummary& s, v1::LatencySummary* out) {
+  out->set_count(s.count);
+  out->set_p50_us(s.p50_us);
+  out->set_p90_us(s.p90_us);
+  out->set_p99_us(s.p99_us);
+  out->set_max_us(s.max_us);
+}
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
     const MergeServerOptions& o) {
@@ -74,7 +99,11 @@ absl::Status MergeServer::Init() {
     if (!snap.ok()) return snap.status();
   }
 
-  if (!options_.metrics_address.empty()) stats_.SetLatencyObserver(&latency_histograms_);
+  if (!options_.metrics_address.empty()) {
+    latency_histograms_ = std::make_unique<metrics::LatencyHistograms>();
+    histogram_feed_ = std::make_unique<HistogramFeed>(latency_histograms_.get());
+    stats_.SetLatencyObserver(histogram_feed_.get());
+  }
   group_ = std::make_unique<Group>(options_.heartbeat_timeout);
   StepCollector::Options co;
   co.step_timeout = options_.step_timeout;
@@ -151,10 +180,10 @@ absl::Status MergeServer::Init() {
           metrics::ServerState st;
           st.stats = GetStats();
           GetConfig(&st.config);
-          st.nccl_state = plane_->NcclState();
+          st.nccl_state = plane_->CommunicatorState();
           return st;
         },
-        &latency_histograms_);
+        latency_histograms_.get());
     if (!exporter.ok()) return exporter.status();
     metrics_ = std::move(*exporter);
     metrics_port_ = metrics_->port();
@@ -230,7 +259,18 @@ void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
 }
 
 v1::GetStatsResponse MergeServer::GetStats() const {
-  v1::GetStatsResponse r = stats_.Snapshot();
+  const StatsSnapshot s = stats_.Snapshot();
+  v1::GetStatsResponse r;
+  r.set_steps_ok(s.steps_ok);
+  r.set_steps_failed(s.steps_failed);
+  r.set_bytes_in(s.bytes_in);
+  r.set_bytes_out(s.bytes_out);
+  r.set_fp8_saturated(s.fp8_saturated);
+  ToProto(s.phases[static_cast<int>(Phase::kReceive)], r.mutable_receive());
+  ToProto(s.phases[static_cast<int>(Phase::kMerge)], r.mutable_merge());
+  ToProto(s.phases[static_cast<int>(Phase::kSend)], r.mutable_send());
+  ToProto(s.phases[static_cast<int>(Phase::kTotal)], r.mutable_total());
+  for (const auto& [code, n] : s.errors_by_code) (*r.mutable_errors_by_code())[code] = n;
   r.set_steps_in_flight(collector_->InFlight());
   return r;
 }

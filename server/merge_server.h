@@ -18,12 +18,16 @@
 #include "server/config_store.h"
 #include "server/data_plane.h"
 #include "server/group.h"
-#include "server/metrics/metrics_exporter.h"
 #include "server/nccl_data_plane.h"
 #include "server/stats.h"
 #include "server/step_collector.h"
 
 namespace dcpmerge {
+
+namespace metrics {
+class LatencyHistograms;
+class MetricsExporter;
+}  // namespace metrics
 
 // Health service name that is SERVING only while the group is complete and
 // the data plane is up (the empty name "" is liveness: always SERVING).
@@ -97,7 +101,10 @@ class MergeServer {
 
   MergeServerOptions options_;
   ConfigStore config_;
-  metrics::LatencyHistograms latency_histograms_;  // outlives stats_ (its observer)
+  // --metrics_address: the exporter's histograms, fed by stats_ through
+  // histogram_feed_; both outlive stats_.
+  std::unique_ptr<metrics::LatencyHistograms> latency_histograms_;
+  std::unique_ptr<LatencyObserver> histogram_feed_;
   Stats stats_;
   std::unique_ptr<Group> group_;
   std::unique_ptr<ComputeBackend> backend_;

@@ -159,7 +159,7 @@ absl::Status NcclDataPlane::Start() {
   return absl::OkStatus();
 }
 
-std::string NcclDataPlane::NcclState() const {
+std::string NcclDataPlane::CommunicatorState() const {
   switch (state_.load()) {
     case kInitializing:
       return "initializing";
@@ -172,14 +172,19 @@ std::string NcclDataPlane::NcclState() const {
   }
 }
 
-DataPlane::NcclBootstrap NcclDataPlane::NcclInfo() const {
+void NcclDataPlane::AddToJoinResponse(const GroupSpec& spec, v1::JoinResponse* response) const {
   absl::MutexLock lock(&mu_);
-  NcclBootstrap s;
-  s.unique_id = unique_id_;
-  s.generation = generation_;
-  s.last_error = last_error_;
-  s.fixed_tokens = options_.fixed_tokens;
-  return s;
+  response->set_nccl_unique_id(unique_id_);
+  response->set_nccl_generation(generation_);
+  response->set_nccl_fixed_shape(options_.fixed_tokens >= 0);
+  response->set_nccl_fixed_tokens(options_.fixed_tokens >= 0 ? options_.fixed_tokens : 0);
+  response->set_server_nccl_rank(spec.num_parts);
+}
+
+void NcclDataPlane::AddToHeartbeatResponse(v1::HeartbeatResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  response->set_nccl_generation(generation_);
+  response->set_data_plane_error(last_error_);
 }
 
 void NcclDataPlane::OnMemberLost(int32_t rank, const absl::Status& reason) {

@@ -15,10 +15,6 @@
 namespace dcpmerge::metrics {
 namespace {
 
-static_assert(static_cast<int>(Phase::kReceive) == 0 && static_cast<int>(Phase::kMerge) == 1 &&
-                  static_cast<int>(Phase::kSend) == 2 && static_cast<int>(Phase::kTotal) == 3,
-              "kPhaseNames follows server/stats.h's Phase");
-
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
 using prometheus::MetricType;

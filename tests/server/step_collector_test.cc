@@ -117,7 +117,7 @@ TEST_F(StepCollectorTest, MergesOnceAndFansOut) {
   }
   EXPECT_EQ(backend_.calls.load(), 20);
   EXPECT_TRUE(collector_->WaitIdle(absl::Seconds(5)));
-  EXPECT_EQ(stats_.Snapshot().steps_ok(), 20u);
+  EXPECT_EQ(stats_.Snapshot().steps_ok, 20u);
 }
 
 // One row per bad part: every rank of the step gets the status naming the
@@ -180,7 +180,7 @@ TEST_F(StepCollectorTest, BadPartsFailTheWholeStepOnly) {
     }
     step += 2;
   }
-  EXPECT_EQ(stats_.Snapshot().errors_by_code().at("INVALID_ARGUMENT"), cases.size() * kN);
+  EXPECT_EQ(stats_.Snapshot().errors_by_code.at("INVALID_ARGUMENT"), cases.size() * kN);
 }
 
 TEST_F(StepCollectorTest, SessionRankAndConfigErrors) {

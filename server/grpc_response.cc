@@ -1,6 +1,7 @@
-#include <cstring>
+#include "server/grpc_response.h"
 
-#include "server/data_plane.h"
+#include <cstring>
+#include <string>
 
 namespace dcpmerge {
 
