@@ -3,8 +3,8 @@
 // ranks and the server) makes with it. Production: NcclTransport
 // (nccl/nccl_transport.h, MakeNcclCommunicatorFactory); tests: FakeHub
 // (fake_hub.h), an in-process stand-in with NCCL's bootstrap behaviour.
-// The server's data plane (server/nccl_data_plane.h) and the rank client
-// (client/rank_client.h) take one, so both run unchanged over either.
+// The server's data plane (server/nccl_data_plane.h) and the rank's device path
+// (client/rank_device.h) take one, so both run unchanged over either.
 #ifndef DCPMERGE_TRANSPORT_FACTORY_H_
 #define DCPMERGE_TRANSPORT_FACTORY_H_
 

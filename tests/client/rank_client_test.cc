@@ -2,6 +2,7 @@
 
 #include <thread>
 
+#include "client/rank_device.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "base/log.h"
@@ -81,13 +82,13 @@ TEST_F(RankClientTest, ConcurrentStepsOnOneClient) {
   std::atomic<int> ok{0};
   for (int t = 0; t < 4; ++t) {
     th.emplace_back([&, t] {
-      for (uint64_t s = t * 10; s < t * 10 + 5; ++s) {
+      for (uint64_t s = t * 10u; s < t * 10u + 5; ++s) {
         auto a = Merge(c0.get(), 0, s);
         ok += a.ok();
       }
     });
     th.emplace_back([&, t] {
-      for (uint64_t s = t * 10; s < t * 10 + 5; ++s) {
+      for (uint64_t s = t * 10u; s < t * 10u + 5; ++s) {
         auto b = Merge(c1.get(), 1, s);
         ok += b.ok();
       }
@@ -127,20 +128,29 @@ TEST_F(RankClientTest, ServerShutdownGivesUnavailable) {
   EXPECT_EQ(again.status().code(), absl::StatusCode::kUnavailable) << again.status();
 }
 
-#if defined(DCPMERGE_WITH_NCCL)
 TEST_F(RankClientTest, DevicePathNeedsJoinAndAnNcclGroup) {
   auto c = Client(0);
-  EXPECT_EQ(c->ConnectDevice().code(), absl::StatusCode::kFailedPrecondition);
-  DeviceMergeStep step;
-  EXPECT_EQ(c->MergeOnDevice(step, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto d = RankDevice::Create(c.get(), {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(RankDevice::Create(c.get(), {}).status().code(), absl::StatusCode::kFailedPrecondition);  // one per client
+  EXPECT_EQ((*d)->Connect().code(), absl::StatusCode::kFailedPrecondition);
+  transport::RankStep step;
+  EXPECT_EQ((*d)->Merge(step, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(c->Join().ok());
   // This server runs the gRPC data plane.
-  const absl::Status st = c->ConnectDevice();
+  const absl::Status st = (*d)->Connect();
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("Merge()"));
-  EXPECT_EQ(c->DeviceSizes(1).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*d)->Sizes(1).status().code(), absl::StatusCode::kFailedPrecondition);
 }
-#endif
+
+TEST_F(RankClientTest, DeviceOutlivingItsClientIsHarmless) {
+  auto c = Client(0);
+  auto d = RankDevice::Create(c.get(), {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  c.reset();  // tells the device to forget the client
+  EXPECT_EQ((*d)->Connect().code(), absl::StatusCode::kFailedPrecondition);
+}
 
 }  // namespace
 }  // namespace dcpmerge
