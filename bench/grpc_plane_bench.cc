@@ -8,12 +8,13 @@
 //          threads, each on its own channel and stream, send one request of
 //          the rank's partial size (payload + LSE bytes) and read one
 //          response of the merged output's size, all N at once per step.
-//   merge  a MergeServer in this process (CPU backend, loopback ports); N
-//          rank threads, each with its own RankClient, call Merge() with the
-//          rank's partial, all N at once per step.
+//   merge  a merge server in this process (EmbeddedServer: CPU backend,
+//          loopback ports); N rank threads, each with its own RankClient,
+//          call Merge() with the rank's partial, all N at once per step.
 //
-// Both use the channel arguments of RankClient / MergeServer (message size
-// limits, 64 MiB HTTP/2 stream lookahead). A step is the time from the
+// Both use the rank channel and rank listener settings of RankClient and the
+// server (common/channel_args.h: message size limits, 64 MiB HTTP/2 stream
+// lookahead). A step is the time from the
 // earliest rank starting its call to the last rank getting its answer; the
 // ranks start each step together (barrier). Before timing, the first
 // --verify_steps merges of every case are compared byte for byte with
@@ -51,6 +52,7 @@
 #include "client/rank_client.h"
 #include "common/channel_args.h"
 #include "common/group_spec.h"
+#include "embed/embedded_server.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -58,7 +60,6 @@
 #include "kernels/merge_contract.h"
 #include "kernels/merge_reference.h"
 #include "kernels/numeric.h"
-#include "server/merge_server.h"
 
 ABSL_FLAG(int32_t, max_steps, 2000, "Timed steps per measurement, at most");
 ABSL_FLAG(int32_t, min_steps, 30, "Timed steps per measurement, at least (even past the time budget)");
@@ -346,7 +347,7 @@ class Bench {
     // bf16 in, LSE base e in [H,T], FP8 per tensor, full return.
     const v1::GroupConfig cfg = DefaultGroupConfig(c.N, c.H, c.D, c.T);
 
-    MergeServerOptions so;
+    EmbeddedServerOptions so;
     so.rank_address = "127.0.0.1:0";
     so.admin_address = "127.0.0.1:0";
     so.admin_token = "grpc-plane-bench";  // unused; set so no warning is logged
@@ -354,7 +355,7 @@ class Bench {
     so.initial_default_scale = kScale;
     so.backend = "cpu";
     so.step_timeout = absl::Seconds(10);
-    auto server = MergeServer::Start(so);
+    auto server = EmbeddedServer::Start(so);
     if (!server.ok()) {
       row->error = absl::StrCat("server: ", server.status().ToString());
       return;

@@ -38,10 +38,10 @@
 #include "common/group_spec.h"
 #include "common/names.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
+#include "embed/embedded_server.h"
 #include "grpcpp/create_channel.h"
 #include "kernels/merge_contract.h"
 #include "kernels/numeric.h"
-#include "server/merge_server.h"
 
 ABSL_FLAG(int32_t, ranks, 4, "DCP ranks (simulated, one thread each)");
 ABSL_FLAG(int32_t, tokens, 64, "Tokens per step");
@@ -129,14 +129,14 @@ int Run() {
   }
 
   // The server, in process, on loopback ports picked by the kernel.
-  MergeServerOptions so;
+  EmbeddedServerOptions so;
   so.rank_address = "127.0.0.1:0";
   so.admin_address = "127.0.0.1:0";
   so.admin_token = absl::StrCat("demo-", std::random_device{}());
   so.initial_config = cfg;
   so.backend = absl::GetFlag(FLAGS_backend);
   so.step_timeout = absl::Seconds(10);
-  auto server = MergeServer::Start(so);
+  auto server = EmbeddedServer::Start(so);
   if (!server.ok()) {
     std::fprintf(stderr, "server failed to start: %s\n", server.status().ToString().c_str());
     return 1;

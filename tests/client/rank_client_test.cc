@@ -6,7 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "base/log.h"
-#include "server/merge_server.h"
+#include "embed/embedded_server.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"
 
@@ -20,13 +20,11 @@ class RankClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
     SetLogQuiet(true);
-    MergeServerOptions o;
-    o.rank_address = "127.0.0.1:0";
-    o.admin_address = "127.0.0.1:0";
+    EmbeddedServerOptions o;
     o.backend = "cpu";
     o.initial_config = testing::SmallConfig(2);
     o.step_timeout = absl::Seconds(10);
-    auto s = MergeServer::Start(o);
+    auto s = EmbeddedServer::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
   }
@@ -44,7 +42,7 @@ class RankClientTest : public ::testing::Test {
     const testing::PartData p = testing::MakePart(3, step, rank, kT, kH, kD);
     return c->Merge(step, 0, kT, p.out.data(), p.out.size(), p.lse.data(), p.lse.size());
   }
-  std::unique_ptr<MergeServer> server_;
+  std::unique_ptr<EmbeddedServer> server_;
 };
 
 TEST_F(RankClientTest, ConnectValidatesOptions) {
