@@ -16,8 +16,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
 #include "base/heap.h"
 #include "base/log.h"
+#include "base/version.h"
 #include "common/group_spec.h"
 #include "common/names.h"
 #include "server/admin_auth.h"
@@ -195,8 +198,19 @@ int Run() {
 }  // namespace dcpmerge
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (absl's default would look for a file
+  // named after the binary); --helpfull adds the libraries'. --version
+  // prints the version and the build commit (base/version.h).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return dcpmerge::VersionLine("dcpmerge_server") + "\n"; };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "dcpmerge_server: fused N-way attention merge + FP8 for a DCP group");
+      "fused N-way attention merge + FP8 for a DCP group.\n\n"
+      "usage: dcpmerge_server [--world_size=N --num_heads=H --head_size=D --max_tokens=T ...] [flags]\n"
+      "Without the shape flags it starts unconfigured (Configure it through the Admin service).\n"
+      "Flags, defaults and behaviour: docs/server.md.");
   absl::ParseCommandLine(argc, argv);
   dcpmerge::KeepFreedBuffersInHeap();
   return dcpmerge::Run();
