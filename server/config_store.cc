@@ -18,6 +18,17 @@ std::shared_ptr<const ConfigSnapshot> ConfigStore::Current() const {
   return current_;
 }
 
+std::shared_ptr<const ConfigSnapshot> ConfigStore::Publish(
+    const std::function<void(ConfigSnapshot*)>& change, float default_scale) {
+  absl::MutexLock lock(&mu_);
+  auto next = std::make_shared<ConfigSnapshot>(*current_);
+  next->version = current_->version + 1;
+  change(next.get());
+  if (default_scale != 0.0f) next->default_scale = default_scale;
+  current_ = std::move(next);
+  return current_;
+}
+
 absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> ConfigStore::Configure(
     const v1::GroupConfig& config, float default_scale) {
   absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(config);
@@ -26,15 +37,13 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> ConfigStore::Configure(
     absl::Status st = ValidateScale(default_scale, "default_scale");
     if (!st.ok()) return st;
   }
-  absl::MutexLock lock(&mu_);
-  auto next = std::make_shared<ConfigSnapshot>(*current_);
-  next->version = current_->version + 1;
-  next->configured = true;
-  next->spec = *spec;
-  next->hash = GroupSpecHash(*spec);
-  if (default_scale != 0.0f) next->default_scale = default_scale;
-  current_ = std::move(next);
-  return current_;
+  return Publish(
+      [&spec](ConfigSnapshot* next) {
+        next->configured = true;
+        next->spec = *spec;
+        next->hash = GroupSpecHash(*spec);
+      },
+      default_scale);
 }
 
 absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> ConfigStore::SetScales(
@@ -48,14 +57,12 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> ConfigStore::SetScales(
     absl::Status st = ValidateScale(default_scale, "default_scale");
     if (!st.ok()) return st;
   }
-  absl::MutexLock lock(&mu_);
-  auto next = std::make_shared<ConfigSnapshot>(*current_);
-  next->version = current_->version + 1;
-  if (replace) next->layer_scales.clear();
-  for (const auto& [layer, scale] : layer_scales) next->layer_scales[layer] = scale;
-  if (default_scale != 0.0f) next->default_scale = default_scale;
-  current_ = std::move(next);
-  return current_;
+  return Publish(
+      [&](ConfigSnapshot* next) {
+        if (replace) next->layer_scales.clear();
+        for (const auto& [layer, scale] : layer_scales) next->layer_scales[layer] = scale;
+      },
+      default_scale);
 }
 
 }  // namespace dcpmerge

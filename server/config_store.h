@@ -8,6 +8,7 @@
 #define DCPMERGE_SERVER_CONFIG_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -50,6 +51,11 @@ class ConfigStore {
       float default_scale);
 
  private:
+  // The next version: a copy of the current snapshot, changed by `change`,
+  // with default_scale set unless 0.
+  std::shared_ptr<const ConfigSnapshot> Publish(const std::function<void(ConfigSnapshot*)>& change,
+                                                float default_scale);
+
   mutable absl::Mutex mu_;
   std::shared_ptr<const ConfigSnapshot> current_ ABSL_GUARDED_BY(mu_);
 };

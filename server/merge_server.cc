@@ -1,5 +1,6 @@
 #include "server/merge_server.h"
 
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +20,11 @@
 namespace dcpmerge {
 
 namespace {
+
+// Readiness is the health of the MergeData service (tools read the name
+// from the generated service too).
+static_assert(std::string_view(kMergeHealthService) == v1::MergeData::service_full_name(),
+              "kMergeHealthService names the MergeData service");
 
 // Stats -> the exporter's histograms (server/metrics does not depend on the
 // server's internals; the phases are its label indices).

@@ -34,6 +34,19 @@ int SetEnum(const NamedValue<E> (&table)[N], const char* flag, const std::option
   return kExitOk;
 }
 
+// Calls an Admin method and prints its answer as a table or as JSON.
+template <typename Req, typename Resp>
+int Show(Connection& c, const char* call,
+         grpc::Status (v1::Admin::Stub::*method)(grpc::ClientContext*, const Req&, Resp*), const Req& req,
+         Output output, std::string (*table)(const Resp&)) {
+  Resp r;
+  grpc::ClientContext ctx;
+  c.Prepare(&ctx);
+  if (grpc::Status st = (c.admin()->*method)(&ctx, req, &r); !st.ok()) return ServerError(call, st);
+  std::fputs((output == Output::kJson ? ToJson(r) : table(r)).c_str(), stdout);
+  return kExitOk;
+}
+
 }  // namespace
 
 int ParseOutput(Output* output) {
@@ -80,14 +93,7 @@ int ParseSetScales(const std::vector<std::string>& args, ScalesInput* in) {
 }
 
 int GetConfig(Connection& c, Output output) {
-  v1::GetConfigResponse r;
-  grpc::ClientContext ctx;
-  c.Prepare(&ctx);
-  if (grpc::Status st = c.admin()->GetConfig(&ctx, v1::GetConfigRequest(), &r); !st.ok()) {
-    return ServerError("GetConfig", st);
-  }
-  std::fputs((output == Output::kJson ? ToJson(r) : ConfigTable(r)).c_str(), stdout);
-  return kExitOk;
+  return Show(c, "GetConfig", &v1::Admin::Stub::GetConfig, v1::GetConfigRequest(), output, &ConfigTable);
 }
 
 int Configure(Connection& c) {
@@ -156,14 +162,7 @@ int SendScales(Connection& c, const ScalesInput& in) {
 }
 
 int Stats(Connection& c, Output output) {
-  v1::GetStatsResponse r;
-  grpc::ClientContext ctx;
-  c.Prepare(&ctx);
-  if (grpc::Status st = c.admin()->GetStats(&ctx, v1::GetStatsRequest(), &r); !st.ok()) {
-    return ServerError("GetStats", st);
-  }
-  std::fputs((output == Output::kJson ? ToJson(r) : StatsTable(r)).c_str(), stdout);
-  return kExitOk;
+  return Show(c, "GetStats", &v1::Admin::Stub::GetStats, v1::GetStatsRequest(), output, &StatsTable);
 }
 
 int Drain(Connection& c) {
