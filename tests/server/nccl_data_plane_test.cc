@@ -34,14 +34,20 @@ using ::testing::HasSubstr;
 constexpr int kH = 2, kD = 64;  // SmallConfig
 constexpr float kScale = 0.05f;
 
-TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
+// A CPU-backend server of 2 ranks on the NCCL plane, loopback.
+MergeServerOptions NcclCpuOptions() {
   SetLogQuiet(true);
   MergeServerOptions o;
   o.rank_address = "127.0.0.1:0";
   o.admin_address = "127.0.0.1:0";
   o.backend = "cpu";
-  o.data_plane = "nccl";  // real NCCL: partials arrive in GPU memory
+  o.data_plane = "nccl";
   o.initial_config = testing::SmallConfig(2);
+  return o;
+}
+
+TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
+  MergeServerOptions o = NcclCpuOptions();  // real NCCL: partials arrive in GPU memory
   auto s = MergeServer::Start(o);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
@@ -49,15 +55,9 @@ TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
 }
 
 TEST(NcclPlaneStartTest, FixedTokensBeyondMaxTokensRefusedAtStart) {
-  SetLogQuiet(true);
-  MergeServerOptions o;
-  o.rank_address = "127.0.0.1:0";
-  o.admin_address = "127.0.0.1:0";
-  o.backend = "cpu";
-  o.data_plane = "nccl";
+  MergeServerOptions o = NcclCpuOptions();
   o.nccl.factory = transport::FakeHub::Create()->Factory();
   o.nccl.fixed_tokens = 9;  // max_tokens 8
-  o.initial_config = testing::SmallConfig(2);
   auto s = MergeServer::Start(o);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();

@@ -134,33 +134,37 @@ void InputsFor(const ProtocolConfig& c, uint64_t step_id, int32_t layer,
 
 }  // namespace
 
-ProtocolConfig Fp32Config(int num_parts) {
+namespace {
+
+// 8 heads of 16, up to 32 tokens, LSE back.
+ProtocolConfig SmallProtocolConfig(int num_parts) {
   ProtocolConfig c;
   c.config_version = 1;
   c.num_parts = num_parts;
   c.num_heads = 8;
   c.head_size = 16;
   c.max_tokens = 32;
+  c.return_lse = true;
+  return c;
+}
+
+}  // namespace
+
+ProtocolConfig Fp32Config(int num_parts) {
+  ProtocolConfig c = SmallProtocolConfig(num_parts);
   c.input_elem_bytes = 4;
   c.output_elem_bytes = 4;
   c.scale_layout = ScaleLayout::kNone;
-  c.return_lse = true;
   c.lse_layout = LseLayoutWire::kHeadsTokens;
   return c;
 }
 
 ProtocolConfig Fp8Config(int num_parts, ScaleLayout scales) {
-  ProtocolConfig c;
-  c.config_version = 1;
-  c.num_parts = num_parts;
-  c.num_heads = 8;
-  c.head_size = 16;
-  c.max_tokens = 32;
+  ProtocolConfig c = SmallProtocolConfig(num_parts);
   c.input_elem_bytes = 2;
   c.output_elem_bytes = 1;
   c.scale_layout = scales;
   c.group_size = 8;
-  c.return_lse = true;
   c.lse_layout = LseLayoutWire::kTokensHeads;
   return c;
 }
