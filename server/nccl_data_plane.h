@@ -1,4 +1,4 @@
-// The data plane over NCCL (DESIGN.md, "Data plane over NCCL"): one
+// The data plane over NCCL (docs/design.md, "The NCCL step protocol"): one
 // communicator of N+1 parties per group, DCP ranks 0..N-1 and the server as
 // rank N, driven by transport/server_protocol.h.
 //
