@@ -1,7 +1,8 @@
 // The whole merge server in one object: config store, group, collector,
 // compute backend, data plane, and the two gRPC listeners (rank: RankControl
 // + MergeData; admin: Admin), both with grpc.health.v1 and reflection.
-// Used by server/main.cc, the demo (in process) and the tests.
+// Used by server/main.cc, embed/ (the server inside another process) and
+// the server's tests.
 #ifndef DCPMERGE_SERVER_MERGE_SERVER_H_
 #define DCPMERGE_SERVER_MERGE_SERVER_H_
 
