@@ -8,12 +8,13 @@
 //          threads, each on its own channel and stream, send one request of
 //          the rank's partial size (payload + LSE bytes) and read one
 //          response of the merged output's size, all N at once per step.
-//   merge  a MergeServer in this process (CPU backend, loopback ports); N
-//          rank threads, each with its own RankClient, call Merge() with the
-//          rank's partial, all N at once per step.
+//   merge  a merge server in this process (EmbeddedServer: CPU backend,
+//          loopback ports); N rank threads, each with its own RankClient,
+//          call Merge() with the rank's partial, all N at once per step.
 //
-// Both use the channel arguments of RankClient / MergeServer (message size
-// limits, 64 MiB HTTP/2 stream lookahead). A step is the time from the
+// Both use the rank channel and rank listener settings of RankClient and the
+// server (common/channel_args.h: message size limits, 64 MiB HTTP/2 stream
+// lookahead). A step is the time from the
 // earliest rank starting its call to the last rank getting its answer; the
 // ranks start each step together (barrier). Before timing, the first
 // --verify_steps merges of every case are compared byte for byte with
@@ -43,8 +44,15 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/heap.h"
+#include "base/log.h"
+#include "base/percentile.h"
+#include "base/rng.h"
 #include "bench/echo.grpc.pb.h"
 #include "client/rank_client.h"
+#include "common/channel_args.h"
+#include "common/group_spec.h"
+#include "embed/embedded_server.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
@@ -52,10 +60,6 @@
 #include "kernels/merge_contract.h"
 #include "kernels/merge_reference.h"
 #include "kernels/numeric.h"
-#include "server/config_store.h"
-#include "server/log.h"
-#include "server/merge_server.h"
-#include "server/stats.h"
 
 ABSL_FLAG(int32_t, max_steps, 2000, "Timed steps per measurement, at most");
 ABSL_FLAG(int32_t, min_steps, 30, "Timed steps per measurement, at least (even past the time budget)");
@@ -83,29 +87,6 @@ int64_t NowNs() {
 
 double SecondsSince(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// splitmix64.
-struct Rng {
-  uint64_t s;
-  uint64_t Next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float Uniform(float lo, float hi) {
-    return lo + static_cast<float>((Next() >> 40) * (1.0 / 16777216.0)) * (hi - lo);
-  }
-};
-
-// The channel arguments RankClient::Connect uses (client/rank_client.cc).
-grpc::ChannelArguments RankChannelArgs() {
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(512 << 20);
-  args.SetMaxSendMessageSize(512 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
-  return args;
 }
 
 // Established TCP connections whose remote end is 127.0.0.1:port, plain or
@@ -275,14 +256,14 @@ struct Case {
 
 constexpr float kScale = 4.0f / 448.0f;  // merged values are means of values in [-4, 4)
 constexpr int kSets = 2;                 // input sets, alternated step by step
-constexpr int kMaxRanks = 4;
+constexpr int kInputRanks = 4;         // inputs are made for the largest N
 
 // sets[s][r]
 std::vector<std::vector<RankData>> MakeInputs(int T, int H, int D, uint64_t seed) {
-  std::vector<std::vector<RankData>> sets(kSets, std::vector<RankData>(kMaxRanks));
+  std::vector<std::vector<RankData>> sets(kSets, std::vector<RankData>(kInputRanks));
   for (int s = 0; s < kSets; ++s) {
-    for (int r = 0; r < kMaxRanks; ++r) {
-      Rng rng{seed * 1000003ull + (uint64_t(T) << 40) + (uint64_t(H) << 24) + s * 7919ull + r};
+    for (int r = 0; r < kInputRanks; ++r) {
+      SplitMix64 rng{seed * 1000003ull + (uint64_t(T) << 40) + (uint64_t(H) << 24) + s * 7919ull + r};
       RankData& d = sets[s][r];
       d.out.resize(int64_t{T} * H * D);
       for (auto& x : d.out) x = FloatToBFloat16Bits(rng.Uniform(-4.0f, 4.0f));
@@ -327,7 +308,7 @@ class Bench {
     std::vector<std::unique_ptr<EchoRank>> ranks;
     for (int r = 0; r < c.N; ++r) {
       auto e = std::make_unique<EchoRank>();
-      grpc::ChannelArguments args = RankChannelArgs();
+      grpc::ChannelArguments args = RankChannelArguments();  // as RankClient::Connect
       if (absl::GetFlag(FLAGS_echo_separate_connections)) args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
       e->channel = grpc::CreateCustomChannel(echo_target_, grpc::InsecureChannelCredentials(), args);
       e->stub = bench::Echo::NewStub(e->channel);
@@ -363,18 +344,10 @@ class Bench {
 
   void RunMerge(const std::vector<std::vector<RankData>>& sets, int left, Row* row) {
     const Case c = row->c;
-    v1::GroupConfig cfg;
-    cfg.set_world_size(c.N);
-    cfg.set_num_heads(c.H);
-    cfg.set_head_size(c.D);
-    cfg.set_max_tokens(c.T);
-    cfg.set_input_dtype(v1::DTYPE_BFLOAT16);
-    cfg.set_lse_base(v1::LSE_BASE_E);
-    cfg.set_lse_layout(v1::LSE_LAYOUT_HEADS_TOKENS);
-    cfg.set_output_mode(v1::OUTPUT_MODE_FP8_PER_TENSOR);
-    cfg.set_return_mode(v1::RETURN_MODE_FULL);
+    // bf16 in, LSE base e in [H,T], FP8 per tensor, full return.
+    const v1::GroupConfig cfg = DefaultGroupConfig(c.N, c.H, c.D, c.T);
 
-    MergeServerOptions so;
+    EmbeddedServerOptions so;
     so.rank_address = "127.0.0.1:0";
     so.admin_address = "127.0.0.1:0";
     so.admin_token = "grpc-plane-bench";  // unused; set so no warning is logged
@@ -382,7 +355,7 @@ class Bench {
     so.initial_default_scale = kScale;
     so.backend = "cpu";
     so.step_timeout = absl::Seconds(10);
-    auto server = MergeServer::Start(so);
+    auto server = EmbeddedServer::Start(so);
     if (!server.ok()) {
       row->error = absl::StrCat("server: ", server.status().ToString());
       return;
@@ -393,7 +366,7 @@ class Bench {
       RankClientOptions co;
       co.target = target;
       co.rank = r;
-      co.world_size = c.N;
+      co.num_parts = c.N;
       auto client = RankClient::Connect(co);
       if (!client.ok()) {
         row->error = absl::StrCat("rank ", r, ": ", client.status().ToString());
@@ -507,7 +480,7 @@ int Run() {
   absl::SetFlag(&FLAGS_min_steps, std::min(absl::GetFlag(FLAGS_min_steps), absl::GetFlag(FLAGS_max_steps)));
   const auto t_start = Clock::now();
 
-  // The echo server: the rank listener's builder settings (merge_server.cc).
+  // The echo server: the rank listener's settings.
   int64_t max_out = 0;
   for (int T : tokens) {
     for (auto [H, D] : heads) max_out = std::max(max_out, int64_t{T} * H * D);
@@ -517,10 +490,7 @@ int Run() {
   int echo_port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &echo_port);
   builder.RegisterService(&echo);
-  const int max_msg = static_cast<int>(2 * kMaxPayloadBytes + (16 << 20));
-  builder.SetMaxReceiveMessageSize(max_msg);
-  builder.SetMaxSendMessageSize(max_msg);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  ConfigureRankListener(&builder);
   std::unique_ptr<grpc::Server> echo_server = builder.BuildAndStart();
   if (echo_server == nullptr || echo_port == 0) {
     std::fprintf(stderr, "echo server failed to start\n");

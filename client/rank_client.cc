@@ -2,40 +2,22 @@
 
 #include <unistd.h>
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
+#include "base/grpc_status.h"
+#include "common/channel_args.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
-
-#if defined(DCPMERGE_WITH_NCCL)
-#include "server/config_store.h"
-#include "transport/merge_adapter.h"
-#include "transport/nccl/nccl_transport.h"
-#endif
 
 namespace dcpmerge {
 namespace {
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
-
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
-}
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view what) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
@@ -47,41 +29,15 @@ struct RankClient::Stream {
   bool broken = false;  // guarded by RankClient::mu_
 };
 
-#if defined(DCPMERGE_WITH_NCCL)
-// One formed communicator of this rank and its protocol state.
-struct RankClient::Device {
-  ~Device() {
-    protocol.reset();  // its buffers before the transport
-    if (in != nullptr) cudaEventDestroy(in);
-    if (out != nullptr) cudaEventDestroy(out);
-  }
-  std::string reason() const {
-    absl::MutexLock lock(&mu);
-    return abort_reason;
-  }
-  uint64_t serial = 0;
-  uint64_t generation = 0;
-  std::unique_ptr<transport::Transport> transport;
-  std::unique_ptr<transport::RankProtocol> protocol;
-  cudaEvent_t in = nullptr;   // caller's stream -> communicator's stream
-  cudaEvent_t out = nullptr;  // and back
-  mutable absl::Mutex mu;
-  std::string abort_reason ABSL_GUARDED_BY(mu);
-};
-#endif  // DCPMERGE_WITH_NCCL
-
 absl::StatusOr<std::unique_ptr<RankClient>> RankClient::Connect(RankClientOptions options) {
   if (options.target.empty()) return absl::InvalidArgumentError("target: empty");
-  if (options.world_size < 1) return absl::InvalidArgumentError("world_size: must be >= 1");
-  if (options.rank < 0 || options.rank >= options.world_size) {
+  if (options.num_parts < 1) return absl::InvalidArgumentError("num_parts: must be >= 1");
+  if (options.rank < 0 || options.rank >= options.num_parts) {
     return absl::InvalidArgumentError(absl::StrCat("rank: ", options.rank, " is not in 0..",
-                                                   options.world_size - 1));
+                                                   options.num_parts - 1));
   }
   std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(512 << 20);
-  args.SetMaxSendMessageSize(512 << 20);
-  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  grpc::ChannelArguments args = RankChannelArguments();
   if (options.use_tls) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_root_ca_file.empty()) {
@@ -115,17 +71,11 @@ RankClient::RankClient(RankClientOptions options, std::shared_ptr<grpc::Channel>
 RankClient::~RankClient() {
   StopHeartbeat();
   CloseStream();
-#if defined(DCPMERGE_WITH_NCCL)
+  NotifyEnding(SessionObserver::End::kClose);
   {
-    absl::MutexLock device_lock(&device_mu_);
-    std::shared_ptr<Device> d;
-    {
-      absl::MutexLock lock(&mu_);
-      d = std::move(device_);
-    }
-    if (d != nullptr) d->transport->Abort("rank client closing");
+    absl::MutexLock lock(&observer_mu_);
+    observer_ = nullptr;  // it was told to forget this client
   }
-#endif
   bool joined;
   {
     absl::MutexLock lock(&mu_);
@@ -134,25 +84,27 @@ RankClient::~RankClient() {
   if (joined) Leave().IgnoreError();
 }
 
+absl::Status RankClient::SetSessionObserver(SessionObserver* observer) {
+  absl::MutexLock lock(&observer_mu_);
+  if (observer != nullptr && observer_ != nullptr && observer_ != observer) {
+    return absl::FailedPreconditionError("this RankClient already has a session observer (one RankDevice per client)");
+  }
+  observer_ = observer;
+  return absl::OkStatus();
+}
+
+void RankClient::NotifyEnding(SessionObserver::End end) {
+  absl::MutexLock lock(&observer_mu_);
+  if (observer_ != nullptr) observer_->SessionEnding(end);
+}
+
 absl::Status RankClient::Join() {
   StopHeartbeat();
   CloseStream();  // a stream is bound to a session
-#if defined(DCPMERGE_WITH_NCCL)
-  {
-    // So is a communicator: a new session gets a new one (ConnectDevice).
-    device_cancel_.store(true);  // a ConnectDevice in progress gives up
-    absl::MutexLock device_lock(&device_mu_);
-    std::shared_ptr<Device> d;
-    {
-      absl::MutexLock lock(&mu_);
-      d = std::move(device_);
-    }
-    if (d != nullptr) d->transport->Abort("rank joins again");
-  }
-#endif
+  NotifyEnding(SessionObserver::End::kRejoin);  // so is a RankDevice's communicator
   v1::JoinRequest req;
   req.set_rank(options_.rank);
-  req.set_world_size(options_.world_size);
+  req.set_world_size(options_.num_parts);
   char host[256] = {};
   gethostname(host, sizeof(host) - 1);
   req.set_host(host);
@@ -164,7 +116,7 @@ absl::Status RankClient::Join() {
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
   ctx.set_wait_for_ready(true);  // the server may still be starting
-  absl::Status st = FromGrpc(control_->Join(&ctx, req, &resp));
+  absl::Status st = FromGrpcStatus(control_->Join(&ctx, req, &resp));
   if (!st.ok()) return st;
   {
     absl::MutexLock lock(&mu_);
@@ -172,10 +124,10 @@ absl::Status RankClient::Join() {
     joined_ = true;
     config_version_ = resp.config_version();
     stop_heartbeat_ = false;
-#if defined(DCPMERGE_WITH_NCCL)
-    session_ended_ = false;
-    device_cancel_.store(false);
-#endif
+  }
+  {
+    absl::MutexLock lock(&observer_mu_);
+    if (observer_ != nullptr) observer_->SessionStarted(resp);
   }
   if (options_.heartbeat) heartbeat_ = std::thread([this] { HeartbeatLoop(); });
   return absl::OkStatus();
@@ -207,34 +159,14 @@ void RankClient::HeartbeatLoop() {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options_.rpc_timeout);
-    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
-    std::string abort_device;
+    absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     {
       absl::MutexLock lock(&mu_);
       heartbeat_status_ = st;
       if (st.ok()) config_version_ = resp.config_version();
-#if defined(DCPMERGE_WITH_NCCL)
-      // NCCL: the server ends every session when it gives a communicator
-      // up (a fresh id awaits the next Join); a server gone for good
-      // answers nothing. Either way this rank's communicator is dead: abort
-      // it so stream work waiting on it ends. A slow answer is no verdict.
-      if (join_.data_plane() == v1::DATA_PLANE_NCCL && !session_ended_) {
-        if (absl::IsUnavailable(st) || absl::IsFailedPrecondition(st)) {
-          abort_device = absl::StrCat("heartbeat: ", st.message());
-        } else if (st.ok() && resp.nccl_generation() != join_.nccl_generation()) {
-          abort_device = absl::StrCat("the server gave communicator generation ", join_.nccl_generation(),
-                                      " up (", resp.data_plane_error(), ")");
-        }
-        if (!abort_device.empty()) {
-          session_ended_ = true;
-          device_cancel_.store(true);
-        }
-      }
-#endif
     }
-#if defined(DCPMERGE_WITH_NCCL)
-    if (!abort_device.empty()) AbortDevice(abort_device);
-#endif
+    absl::MutexLock lock(&observer_mu_);
+    if (observer_ != nullptr) observer_->HeartbeatDone(st, resp);
   }
 }
 
@@ -252,7 +184,7 @@ absl::Status RankClient::WaitForGroupReady(absl::Duration timeout) {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, std::min(options_.rpc_timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1))));
-    absl::Status st = FromGrpc(control_->Heartbeat(&ctx, req, &resp));
+    absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     if (st.ok() && resp.group_ready()) return absl::OkStatus();
     if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) return st;
     if (st.ok()) last = absl::StrCat("joined ranks: ", absl::StrJoin(resp.joined_ranks(), ","));
@@ -303,7 +235,7 @@ void RankClient::ReadLoop(Stream* s) {
     }
     w->done = true;
   }
-  absl::Status end = FromGrpc(s->rw->Finish());
+  absl::Status end = FromGrpcStatus(s->rw->Finish());
   if (end.ok()) end = absl::UnavailableError("merge stream closed by the server");
   absl::MutexLock lock(&mu_);
   for (auto& [step, w] : waiters_) {
@@ -388,244 +320,21 @@ absl::Status RankClient::Leave() {
     joined_ = false;
   }
   StopHeartbeat();
-#if defined(DCPMERGE_WITH_NCCL)
-  AbortDevice("rank left the group");  // the server re-forms without it
-#endif
+  NotifyEnding(SessionObserver::End::kLeave);  // an NCCL server re-forms without this rank
   v1::LeaveResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
-  return FromGrpc(control_->Leave(&ctx, req, &resp));
+  return FromGrpcStatus(control_->Leave(&ctx, req, &resp));
 }
-
-#if defined(DCPMERGE_WITH_NCCL)
-
-void RankClient::AbortDevice(const std::string& why) {
-  std::shared_ptr<Device> d;
-  {
-    absl::MutexLock lock(&mu_);
-    d = device_;
-  }
-  if (d == nullptr || d->transport->aborted()) return;
-  {
-    absl::MutexLock lock(&d->mu);
-    if (d->abort_reason.empty()) d->abort_reason = why;
-  }
-  d->transport->Abort(why);
-}
-
-absl::Status RankClient::DeviceGone(const Device& d) const {
-  const std::string why = d.reason();
-  return absl::UnavailableError(absl::StrCat("NCCL communicator generation ", d.generation, " aborted",
-                                             why.empty() ? "" : ": ", why,
-                                             "; Join() and ConnectDevice() again"));
-}
-
-absl::Status RankClient::ConnectDevice() {
-  absl::MutexLock device_lock(&device_mu_);
-  v1::JoinResponse j;
-  std::shared_ptr<Device> old;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!joined_) return absl::FailedPreconditionError("not joined: call Join() first");
-    if (session_ended_) {
-      return absl::UnavailableError("this session has ended (the server gave the communicator up); Join() again");
-    }
-    j = join_;
-    old = std::move(device_);
-  }
-  if (old != nullptr) old->transport->Abort("ConnectDevice called again");
-  old.reset();
-  if (j.data_plane() != v1::DATA_PLANE_NCCL) {
-    return absl::FailedPreconditionError(
-        "the group runs the gRPC data plane (server --data_plane=grpc): use Merge() on host buffers");
-  }
-  absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(j.config());
-  if (!spec.ok()) return spec.status();
-  transport::DataPlaneOptions dp;
-  dp.config_version = std::max<uint64_t>(1, j.config_version());
-  dp.num_ranks = spec->world_size;
-  dp.num_heads = spec->num_heads;
-  dp.head_size = spec->head_size;
-  dp.max_tokens = spec->max_tokens;
-  dp.return_lse = spec->return_lse;
-  dp.return_mode = spec->head_slice ? transport::ReturnMode::kHeadSlice : transport::ReturnMode::kFull;
-  if (j.nccl_fixed_shape()) {
-    dp.shape_mode = transport::ShapeMode::kFixed;
-    dp.fixed_tokens = j.nccl_fixed_tokens();
-  }
-  absl::StatusOr<transport::ProtocolConfig> pc = transport::ToProtocolConfig(spec->merge, dp);
-  if (!pc.ok()) return pc.status();
-
-  transport::CommunicatorFactory factory = options_.nccl_factory;
-  if (!factory) {
-    transport::NcclTransportOptions o;
-    o.device = options_.cuda_device;
-    o.stream = options_.nccl_stream;
-    factory = transport::MakeNcclCommunicatorFactory(o);
-  }
-  const int n = spec->world_size;
-  absl::StatusOr<std::unique_ptr<transport::Transport>> t = factory.create(
-      j.nccl_unique_id(), n + 1, options_.rank, absl::Now() + options_.nccl_init_timeout, &device_cancel_);
-  if (!t.ok()) {
-    return absl::Status(t.status().code(),
-                        absl::StrCat("forming NCCL communicator generation ", j.nccl_generation(), " (rank ",
-                                     options_.rank, " of ", n + 1, "): ", t.status().message()));
-  }
-  auto d = std::make_shared<Device>();
-  d->generation = j.nccl_generation();
-  d->transport = std::move(*t);
-  absl::StatusOr<std::unique_ptr<transport::RankProtocol>> p =
-      transport::RankProtocol::Create(d->transport.get(), *pc, options_.nccl_slots);
-  if (!p.ok()) {
-    d->transport->Abort("rank protocol set-up failed");
-    return p.status();
-  }
-  d->protocol = std::move(*p);
-  if (d->transport->native_queue() != nullptr &&
-      (cudaSetDevice(options_.cuda_device) != cudaSuccess ||
-       cudaEventCreateWithFlags(&d->in, cudaEventDisableTiming) != cudaSuccess ||
-       cudaEventCreateWithFlags(&d->out, cudaEventDisableTiming) != cudaSuccess)) {
-    d->transport->Abort("cudaEventCreate failed");
-    return absl::InternalError("cudaEventCreateWithFlags failed");
-  }
-  absl::MutexLock lock(&mu_);
-  if (!joined_ || session_ended_ || join_.session_id() != j.session_id()) {
-    d->transport->Abort("session ended while forming the communicator");
-    return absl::UnavailableError("the session ended while the communicator formed; Join() again");
-  }
-  d->serial = ++device_serial_;
-  device_ = std::move(d);
-  return absl::OkStatus();
-}
-
-absl::StatusOr<transport::PayloadSizes> RankClient::DeviceSizes(int64_t num_tokens) const {
-  absl::MutexLock lock(&mu_);
-  if (device_ == nullptr) return absl::FailedPreconditionError("no communicator: ConnectDevice() first");
-  const transport::ProtocolConfig& c = device_->protocol->config();
-  if (num_tokens < 0 || num_tokens > c.max_tokens) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_tokens: ", num_tokens, " is outside 0..max_tokens (", c.max_tokens, ")"));
-  }
-  return device_->protocol->Sizes(num_tokens);
-}
-
-absl::StatusOr<DeviceTicket> RankClient::MergeOnDevice(const DeviceMergeStep& step, cudaStream_t stream) {
-  absl::MutexLock device_lock(&device_mu_);
-  std::shared_ptr<Device> d;
-  {
-    absl::MutexLock lock(&mu_);
-    d = device_;
-  }
-  if (d == nullptr) return absl::FailedPreconditionError("no communicator: ConnectDevice() after Join()");
-  if (d->transport->aborted()) return DeviceGone(*d);
-  void* queue = d->transport->native_queue();
-  if (queue == nullptr && stream != nullptr) {
-    return absl::InvalidArgumentError(
-        "stream: this communicator (in-process transport) has no CUDA stream; pass a null stream");
-  }
-  cudaStream_t own = static_cast<cudaStream_t>(queue);
-  const bool fork = queue != nullptr && stream != own;
-  transport::RankStep rs;
-  rs.step_id = step.step;
-  rs.layer_id = step.layer;
-  rs.num_tokens = step.num_tokens;
-  rs.partial_out = step.partial_out;
-  rs.partial_lse = step.lse;
-  rs.out = step.out;
-  rs.out_scales = step.out_scales;
-  rs.out_lse = step.out_lse;
-  if (fork && (cudaEventRecord(d->in, stream) != cudaSuccess || cudaStreamWaitEvent(own, d->in, 0) != cudaSuccess)) {
-    return absl::InternalError("joining the caller's stream to the communicator's failed");
-  }
-  absl::StatusOr<transport::StepTicket> t = d->protocol->EnqueueStep(rs);
-  if (!t.ok()) {
-    if (d->transport->aborted()) return DeviceGone(*d);
-    return t.status();
-  }
-  if (fork && (cudaEventRecord(d->out, own) != cudaSuccess || cudaStreamWaitEvent(stream, d->out, 0) != cudaSuccess)) {
-    return absl::InternalError("joining the communicator's stream back to the caller's failed");
-  }
-  DeviceTicket ticket;
-  ticket.communicator = d->serial;
-  ticket.ticket = *t;
-  return ticket;
-}
-
-namespace {
-
-void FillInfo(const transport::ResponseHeader& h, DeviceStepInfo* info) {
-  if (info == nullptr) return;
-  info->step = h.step_id;
-  info->layer = h.layer_id;
-  info->num_tokens = h.num_tokens;
-  info->config_version = h.config_version;
-  info->head_begin = h.head_begin;
-  info->head_count = h.head_count;
-  info->scale_count = h.scale_count;
-  info->static_scale = h.static_scale;
-}
-
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<RankClient::Device>> RankClient::DeviceOf(
-    const DeviceTicket& ticket) {
-  std::shared_ptr<Device> d;
-  {
-    absl::MutexLock lock(&mu_);
-    d = device_;
-  }
-  if (d == nullptr || d->serial != ticket.communicator) {
-    return absl::UnavailableError(
-        "the step was enqueued on a communicator that is gone (the rank joined again); its output is void");
-  }
-  return d;
-}
-
-absl::Status RankClient::CheckResponse(const DeviceTicket& ticket, DeviceStepInfo* info) {
-  absl::MutexLock device_lock(&device_mu_);
-  absl::StatusOr<std::shared_ptr<Device>> device = DeviceOf(ticket);
-  if (!device.ok()) return device.status();
-  const std::shared_ptr<Device>& d = *device;
-  transport::ResponseHeader h{};
-  absl::Status st = d->protocol->CheckResponse(ticket.ticket, &h);
-  // No valid response in the slot and the communicator aborted: the step
-  // was cut off, not answered.
-  if (absl::IsInternal(st) && d->transport->aborted()) return DeviceGone(*d);
-  FillInfo(h, info);
-  return st;
-}
-
-absl::Status RankClient::WaitDevice(const DeviceTicket& ticket, absl::Duration timeout, DeviceStepInfo* info) {
-  absl::MutexLock device_lock(&device_mu_);
-  absl::StatusOr<std::shared_ptr<Device>> device = DeviceOf(ticket);
-  if (!device.ok()) return device.status();
-  const std::shared_ptr<Device>& d = *device;
-  transport::ResponseHeader h{};
-  absl::Status st = d->protocol->Complete(ticket.ticket, absl::Now() + timeout, &h);
-  if (!st.ok() && d->transport->aborted() && (absl::IsInternal(st) || absl::IsUnavailable(st))) {
-    return DeviceGone(*d);
-  }
-  FillInfo(h, info);
-  return st;
-}
-
-absl::Status RankClient::RewriteDeviceStep(DeviceTicket* ticket, uint64_t step, int32_t layer) {
-  absl::MutexLock device_lock(&device_mu_);
-  std::shared_ptr<Device> d;
-  {
-    absl::MutexLock lock(&mu_);
-    d = device_;
-  }
-  if (ticket == nullptr || d == nullptr || d->serial != ticket->communicator) {
-    return absl::FailedPreconditionError("the ticket is not of this client's current communicator");
-  }
-  return d->protocol->RewriteHeader(&ticket->ticket, step, layer);
-}
-
-#endif  // DCPMERGE_WITH_NCCL
 
 v1::JoinResponse RankClient::join_info() const {
   absl::MutexLock lock(&mu_);
+  return join_;
+}
+
+std::optional<v1::JoinResponse> RankClient::current_session() const {
+  absl::MutexLock lock(&mu_);
+  if (!joined_) return std::nullopt;
   return join_;
 }
 

@@ -77,6 +77,12 @@ size_t DTypeSize(DType dtype) {
   return 0;
 }
 
+uint64_t CountSaturatedFp8Codes(const uint8_t* codes, size_t count) {
+  uint64_t n = 0;
+  for (size_t i = 0; i < count; ++i) n += IsSaturatedFp8Code(codes[i]);
+  return n;
+}
+
 absl::string_view DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kFloat32:
@@ -205,7 +211,7 @@ absl::Status ValidateMergeConfig(const MergeShape& shape,
                      static_cast<int>(config.output_mode)));
   }
   if (config.output_mode == OutputMode::kFp8PerGroup) {
-    if (config.group_size != 64 && config.group_size != 128) {
+    if (!IsSupportedGroupSize(config.group_size)) {
       return absl::InvalidArgumentError(
           absl::StrCat("config.group_size must be 64 or 128 in output_mode "
                        "fp8_per_group, got ",

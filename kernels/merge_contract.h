@@ -56,11 +56,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
+#include "base/limits.h"
 #include "kernels/numeric.h"
 
 namespace dcpmerge {
 
-inline constexpr int kMaxParts = 64;
+// kMaxParts (base/limits.h): most parts one merge combines.
 
 enum class DType : uint8_t { kFloat32, kFloat16, kBFloat16 };
 enum class LseBase : uint8_t { kNatural, kTwo };
@@ -72,6 +73,7 @@ enum class OutputMode : uint8_t {
   kPassthrough,
 };
 
+// Bytes per element: 4 (fp32) or 2 (fp16, bf16); 0 for an invalid value.
 size_t DTypeSize(DType dtype);
 absl::string_view DTypeName(DType dtype);
 absl::string_view OutputModeName(OutputMode mode);
@@ -125,6 +127,17 @@ int64_t OutputScaleCount(const MergeShape& shape, const MergeConfig& config);
 // Bytes one part's partial output spans with the given strides.
 int64_t PartialOutSpanBytes(const MergeShape& shape, DType dtype,
                             int64_t token_stride, int64_t head_stride);
+
+// kFp8PerGroup: the group sizes the kernels support (G also has to divide
+// the head size).
+inline bool IsSupportedGroupSize(int32_t group_size) {
+  return group_size == 64 || group_size == 128;
+}
+
+// FP8 E4M3 codes at +-448 (0x7E, 0xFE), where every value beyond the range
+// saturates to: what the servers count as "fp8_saturated".
+inline bool IsSaturatedFp8Code(uint8_t code) { return (code & 0x7F) == 0x7E; }
+uint64_t CountSaturatedFp8Codes(const uint8_t* codes, size_t count);
 
 // Checks a configuration on its own (valid enum values, group size divides
 // the head size, ...). INVALID_ARGUMENT naming the field on failure.

@@ -1,25 +1,21 @@
 #include "server/admin_auth.h"
 
 #include <cstdlib>
-#include <fstream>
-#include <sstream>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 
 namespace dcpmerge {
 
 absl::StatusOr<std::string> LoadAdminToken(const std::string& token_file) {
   std::string token;
   if (!token_file.empty()) {
-    std::ifstream in(token_file);
-    if (!in) {
-      return absl::NotFoundError(absl::StrCat("admin_token_file: cannot read ", token_file));
-    }
-    std::stringstream ss;
-    ss << in.rdbuf();
-    token = ss.str();
+    absl::StatusOr<std::string> text = ReadFile(token_file, "admin_token_file");
+    if (!text.ok()) return text.status();
+    token = std::move(*text);
   } else if (const char* env = std::getenv("DCPMERGE_ADMIN_TOKEN"); env != nullptr) {
     token = env;
   }

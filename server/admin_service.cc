@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "server/admin_auth.h"
-#include "server/grpc_status.h"
+#include "base/grpc_status.h"
 #include "server/merge_server.h"
 
 namespace dcpmerge {

@@ -8,44 +8,17 @@
 #define DCPMERGE_SERVER_CONFIG_STORE_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/group_spec.h"
 #include "dcpmerge/v1/config.pb.h"
-#include "kernels/merge_contract.h"
 
 namespace dcpmerge {
-
-// Server-side limits on a configuration.
-inline constexpr int64_t kMaxPayloadBytes = 192ll << 20;  // one part's partial output
-
-// A validated GroupConfig in the kernel contract's terms.
-struct GroupSpec {
-  int32_t world_size = 0;
-  int32_t num_heads = 0;
-  int32_t head_size = 0;
-  int64_t max_tokens = 0;
-  MergeConfig merge;
-  bool head_slice = false;  // RETURN_MODE_HEAD_SLICE
-  bool return_lse = false;
-
-  // Wire sizes of one rank's part for T tokens.
-  int64_t PartialOutBytes(int64_t num_tokens) const;
-  int64_t LseBytes(int64_t num_tokens) const;
-};
-
-// Checks every field; INVALID_ARGUMENT naming the field ("config.num_heads").
-absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& config);
-v1::GroupConfig GroupSpecToProto(const GroupSpec& spec);
-// Hash of the shape-defining fields (what a rank must agree with).
-uint64_t GroupSpecHash(const GroupSpec& spec);
-
-// Checks one static scale; INVALID_ARGUMENT naming `field` otherwise.
-absl::Status ValidateScale(float scale, absl::string_view field);
 
 struct ConfigSnapshot {
   uint64_t version = 0;  // 0: never configured
@@ -78,6 +51,11 @@ class ConfigStore {
       float default_scale);
 
  private:
+  // The next version: a copy of the current snapshot, changed by `change`,
+  // with default_scale set unless 0.
+  std::shared_ptr<const ConfigSnapshot> Publish(const std::function<void(ConfigSnapshot*)>& change,
+                                                float default_scale);
+
   mutable absl::Mutex mu_;
   std::shared_ptr<const ConfigSnapshot> current_ ABSL_GUARDED_BY(mu_);
 };

@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "server/grpc_status.h"
+#include "base/grpc_status.h"
 
 namespace dcpmerge {
 
@@ -21,7 +21,7 @@ grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* r
   std::shared_ptr<const ConfigSnapshot> cfg = config_->Current();
   JoinInfo info;
   info.rank = req->rank();
-  info.world_size = req->world_size();
+  info.num_parts = req->world_size();
   info.host = req->host();
   info.device = req->device();
   info.pid = req->pid();
@@ -34,15 +34,10 @@ grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* r
   resp->set_config_hash(cfg->hash);
   resp->set_session_id(*session);
   resp->set_data_plane(plane_->kind());
-  // Read after group_->Join: an NCCL plane that gives a communicator up
-  // makes the new id first and then ends every session, so a session that
-  // survives always carries the current id.
-  const DataPlane::NcclBootstrap nccl = plane_->NcclInfo();
-  resp->set_nccl_unique_id(nccl.unique_id);
-  resp->set_nccl_generation(nccl.generation);
-  resp->set_nccl_fixed_shape(nccl.fixed_tokens >= 0);
-  resp->set_nccl_fixed_tokens(nccl.fixed_tokens >= 0 ? nccl.fixed_tokens : 0);
-  resp->set_server_nccl_rank(cfg->spec.world_size);
+  // After group_->Join: an NCCL plane that gives a communicator up makes the
+  // new id first and then ends every session, so a session that survives
+  // always carries the current id.
+  plane_->AddToJoinResponse(cfg->spec, resp);
   const int64_t hb = absl::ToInt64Milliseconds(group_->heartbeat_timeout());
   resp->set_heartbeat_timeout_ms(hb);
   resp->set_heartbeat_interval_ms(hb / 4 > 0 ? hb / 4 : 1);
@@ -64,9 +59,7 @@ grpc::Status ControlService::Heartbeat(grpc::ServerContext*, const v1::Heartbeat
   resp->set_group_ready(ready_());
   resp->set_heartbeat_timeout_ms(absl::ToInt64Milliseconds(group_->heartbeat_timeout()));
   for (const MemberInfo& m : group_->Members()) resp->add_joined_ranks(m.rank);
-  const DataPlane::NcclBootstrap nccl = plane_->NcclInfo();
-  resp->set_nccl_generation(nccl.generation);
-  resp->set_data_plane_error(nccl.last_error);
+  plane_->AddToHeartbeatResponse(resp);
   return grpc::Status::OK;
 }
 

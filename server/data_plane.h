@@ -1,17 +1,20 @@
 // A data plane moves step parts from the ranks to the merge and results
-// back. Implementations: GrpcDataPlane (MergeData streams into the
-// StepCollector) and NcclDataPlane (nccl_data_plane.h: one NCCL
-// communicator of N+1 parties driven by transport/server_protocol, merging
-// through the compute backend directly).
+// back. Implementations: GrpcDataPlane (grpc_data_plane.h: MergeData
+// streams into the StepCollector) and NcclDataPlane (nccl_data_plane.h: one
+// NCCL communicator of N+1 parties driven by transport/server_protocol,
+// merging through the compute backend directly). What is specific to one
+// plane (the NCCL bootstrap a rank needs, a communicator's state) stays in
+// that plane and reaches the control plane through the hooks below.
 #ifndef DCPMERGE_SERVER_DATA_PLANE_H_
 #define DCPMERGE_SERVER_DATA_PLANE_H_
 
+#include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
+#include "common/group_spec.h"
 #include "dcpmerge/v1/config.pb.h"
-#include "dcpmerge/v1/data.pb.h"
-#include "server/step_collector.h"
+#include "dcpmerge/v1/control.pb.h"
 
 namespace dcpmerge {
 
@@ -21,30 +24,20 @@ class DataPlane {
   virtual v1::DataPlane kind() const = 0;
   // True while the plane can carry steps (part of readiness).
   virtual bool Up() const = 0;
-  // NCCL bootstrap and state for JoinResponse / HeartbeatResponse (empty
-  // for gRPC).
-  struct NcclBootstrap {
-    std::string unique_id;
-    uint64_t generation = 0;    // bumped with every fresh unique id
-    std::string last_error;     // why the last communicator was aborted
-    int64_t fixed_tokens = -1;  // >= 0: fixed-shape mode
-  };
-  virtual NcclBootstrap NcclInfo() const { return {}; }
-  std::string NcclUniqueId() const { return NcclInfo().unique_id; }
-  // A member was dropped (Group's on_lost): an NCCL plane aborts its
-  // communicator and re-forms.
+  // What a rank needs to use this plane, added to its JoinResponse (called
+  // after the Group admitted the rank, for the group's `spec`) and to every
+  // HeartbeatResponse. The gRPC plane adds nothing.
+  virtual void AddToJoinResponse(const GroupSpec& /*spec*/, v1::JoinResponse* /*response*/) const {}
+  virtual void AddToHeartbeatResponse(v1::HeartbeatResponse* /*response*/) const {}
+  // A member was dropped (Group's on_lost).
   virtual void OnMemberLost(int32_t /*rank*/, const absl::Status& /*reason*/) {}
-  // NCCL communicator state for the metrics: "unused" (not an NCCL plane),
-  // "uninitialized", "initializing", "ready" or "aborted".
-  virtual std::string NcclState() const { return "unused"; }
+  // The state of the plane's communicator for the metrics
+  // (dcpmerge_nccl_communicator_state): "unused" for a plane without one.
+  virtual std::string CommunicatorState() const { return "unused"; }
   // Flushes responses already produced, then closes every connection with
   // UNAVAILABLE "server shutting down". Called after the collector stopped.
   virtual void Stop() = 0;
 };
-
-// The response a rank gets for a step result: its head slice (or all heads)
-// of the output, scales and LSE. Shared by every data plane.
-void FillResponse(const StepResult& result, int32_t rank, v1::MergeResponse* out);
 
 }  // namespace dcpmerge
 

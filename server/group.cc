@@ -6,7 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
+#include "base/log.h"
 
 namespace dcpmerge {
 
@@ -77,10 +77,10 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
         "server not configured: Configure it through the admin service or "
         "start it with --world_size and the shape flags");
   }
-  const int32_t n = config.spec.world_size;
-  if (info.world_size != n) {
+  const int32_t n = config.spec.num_parts;
+  if (info.num_parts != n) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "world_size: rank sent ", info.world_size, ", server group has ", n));
+        "world_size: rank sent ", info.num_parts, ", server group has ", n));
   }
   if (info.rank < 0 || info.rank >= n) {
     return absl::InvalidArgumentError(
@@ -187,14 +187,14 @@ void Group::MarkLost(int32_t rank, uint64_t session_id, absl::string_view why) {
   Notify(lost, true);
 }
 
-void Group::Reset(int32_t world_size, absl::string_view why) {
+void Group::Reset(int32_t num_parts, absl::string_view why) {
   std::vector<std::pair<int32_t, absl::Status>> lost;
   {
     absl::MutexLock lock(&mu_);
     for (int32_t r = 0; r < static_cast<int32_t>(slots_.size()); ++r) {
       DropLocked(r, absl::UnavailableError(absl::StrCat("rank ", r, " dropped: ", why)), &lost);
     }
-    slots_.assign(world_size, Slot{});
+    slots_.assign(num_parts, Slot{});
   }
   Notify(lost, true);
 }

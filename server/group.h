@@ -32,7 +32,7 @@ struct MemberInfo {
 
 struct JoinInfo {
   int32_t rank = -1;
-  int32_t world_size = 0;
+  int32_t num_parts = 0;
   std::string host;
   std::string device;
   int64_t pid = 0;
@@ -67,7 +67,7 @@ class Group {
   // live one): used when its data stream breaks.
   void MarkLost(int32_t rank, uint64_t session_id, absl::string_view why);
   // Drops every member (configuration changed shape); world size becomes n.
-  void Reset(int32_t world_size, absl::string_view why);
+  void Reset(int32_t num_parts, absl::string_view why);
   // Drops members silent for longer than the heartbeat timeout.
   void ExpireStale(absl::Time now);
 

@@ -6,7 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
+#include "base/log.h"
+#include "server/grpc_response.h"
 
 namespace dcpmerge {
 

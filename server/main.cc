@@ -16,10 +16,14 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
-#include "absl/strings/ascii.h"
-#include "absl/strings/str_cat.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "base/heap.h"
+#include "base/log.h"
+#include "base/version.h"
+#include "common/group_spec.h"
+#include "common/names.h"
 #include "server/admin_auth.h"
-#include "server/log.h"
 #include "server/merge_server.h"
 
 ABSL_FLAG(std::string, rank_address, "0.0.0.0:50051",
@@ -72,51 +76,20 @@ ABSL_FLAG(bool, quiet, false, "Only warnings and errors on stderr");
 namespace dcpmerge {
 namespace {
 
-template <typename E>
-bool Pick(const std::string& flag, const std::string& value,
-          std::initializer_list<std::pair<const char*, E>> choices, E* out, std::string* err) {
-  const std::string v = absl::AsciiStrToLower(value);
-  std::string names;
-  for (const auto& [name, e] : choices) {
-    if (v == name) {
-      *out = e;
-      return true;
-    }
-    absl::StrAppend(&names, names.empty() ? "" : " | ", name);
-  }
-  *err = absl::StrCat("--", flag, ": '", value, "' is not one of ", names);
-  return false;
-}
-
-bool InitialConfig(v1::GroupConfig* c, std::string* err) {
-  c->set_world_size(absl::GetFlag(FLAGS_world_size));
-  c->set_num_heads(absl::GetFlag(FLAGS_num_heads));
-  c->set_head_size(absl::GetFlag(FLAGS_head_size));
-  c->set_max_tokens(absl::GetFlag(FLAGS_max_tokens));
+absl::Status InitialConfig(v1::GroupConfig* c) {
+  *c = DefaultGroupConfig(absl::GetFlag(FLAGS_world_size), absl::GetFlag(FLAGS_num_heads),
+                          absl::GetFlag(FLAGS_head_size), absl::GetFlag(FLAGS_max_tokens));
   v1::DType dt;
   v1::LseBase base;
   v1::LseLayout layout;
   v1::OutputMode mode;
   v1::ReturnMode ret;
-  if (!Pick<v1::DType>("input_dtype", absl::GetFlag(FLAGS_input_dtype),
-                       {{"bf16", v1::DTYPE_BFLOAT16}, {"fp16", v1::DTYPE_FLOAT16}, {"fp32", v1::DTYPE_FLOAT32}},
-                       &dt, err) ||
-      !Pick<v1::LseBase>("lse_base", absl::GetFlag(FLAGS_lse_base),
-                         {{"e", v1::LSE_BASE_E}, {"2", v1::LSE_BASE_2}}, &base, err) ||
-      !Pick<v1::LseLayout>("lse_layout", absl::GetFlag(FLAGS_lse_layout),
-                           {{"heads_tokens", v1::LSE_LAYOUT_HEADS_TOKENS},
-                            {"tokens_heads", v1::LSE_LAYOUT_TOKENS_HEADS}},
-                           &layout, err) ||
-      !Pick<v1::OutputMode>("output_mode", absl::GetFlag(FLAGS_output_mode),
-                            {{"fp8_per_tensor", v1::OUTPUT_MODE_FP8_PER_TENSOR},
-                             {"fp8_per_token", v1::OUTPUT_MODE_FP8_PER_TOKEN},
-                             {"fp8_per_group", v1::OUTPUT_MODE_FP8_PER_GROUP},
-                             {"passthrough", v1::OUTPUT_MODE_PASSTHROUGH}},
-                            &mode, err) ||
-      !Pick<v1::ReturnMode>("return_mode", absl::GetFlag(FLAGS_return_mode),
-                            {{"full", v1::RETURN_MODE_FULL}, {"head_slice", v1::RETURN_MODE_HEAD_SLICE}},
-                            &ret, err)) {
-    return false;
+  for (absl::Status st : {ParseName(kDTypeNames, "input_dtype", absl::GetFlag(FLAGS_input_dtype), &dt),
+                          ParseName(kLseBaseNames, "lse_base", absl::GetFlag(FLAGS_lse_base), &base),
+                          ParseName(kLseLayoutNames, "lse_layout", absl::GetFlag(FLAGS_lse_layout), &layout),
+                          ParseName(kOutputModeNames, "output_mode", absl::GetFlag(FLAGS_output_mode), &mode),
+                          ParseName(kReturnModeNames, "return_mode", absl::GetFlag(FLAGS_return_mode), &ret)}) {
+    if (!st.ok()) return st;
   }
   c->set_input_dtype(dt);
   c->set_lse_base(base);
@@ -126,7 +99,7 @@ bool InitialConfig(v1::GroupConfig* c, std::string* err) {
   c->set_power_of_two_scales(absl::GetFlag(FLAGS_power_of_two_scales));
   c->set_return_mode(ret);
   c->set_return_lse(absl::GetFlag(FLAGS_return_lse));
-  return true;
+  return absl::OkStatus();
 }
 
 int Run() {
@@ -153,9 +126,8 @@ int Run() {
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
   if (absl::GetFlag(FLAGS_world_size) != 0) {
     v1::GroupConfig c;
-    std::string err;
-    if (!InitialConfig(&c, &err)) {
-      LogError("%s", err);
+    if (absl::Status st = InitialConfig(&c); !st.ok()) {
+      LogError("%s", st.message());
       return 2;
     }
     o.initial_config = c;
@@ -226,8 +198,19 @@ int Run() {
 }  // namespace dcpmerge
 
 int main(int argc, char** argv) {
+  // --help lists this file's flags (absl's default would look for a file
+  // named after the binary); --helpfull adds the libraries'. --version
+  // prints the version and the build commit (base/version.h).
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view file) { return absl::EndsWith(file, "server/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return dcpmerge::VersionLine("dcpmerge_server") + "\n"; };
+  absl::SetFlagsUsageConfig(usage);
   absl::SetProgramUsageMessage(
-      "dcpmerge_server: fused N-way attention merge + FP8 for a DCP group");
+      "fused N-way attention merge + FP8 for a DCP group.\n\n"
+      "usage: dcpmerge_server [--world_size=N --num_heads=H --head_size=D --max_tokens=T ...] [flags]\n"
+      "Without the shape flags it starts unconfigured (Configure it through the Admin service).\n"
+      "Flags, defaults and behaviour: docs/server.md.");
   absl::ParseCommandLine(argc, argv);
   dcpmerge::KeepFreedBuffersInHeap();
   return dcpmerge::Run();

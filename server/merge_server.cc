@@ -1,13 +1,12 @@
 #include "server/merge_server.h"
 
-#include <malloc.h>
-
-#include <fstream>
-#include <sstream>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/file.h"
+#include "common/channel_args.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
@@ -15,22 +14,40 @@
 #include "server/admin_service.h"
 #include "server/control_service.h"
 #include "server/grpc_data_plane.h"
-#include "server/log.h"
+#include "server/metrics/metrics_exporter.h"
+#include "base/log.h"
 
 namespace dcpmerge {
 
-void KeepFreedBuffersInHeap() {
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
 namespace {
 
-absl::StatusOr<std::string> ReadFile(const std::string& path, absl::string_view flag) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// Readiness is the health of the MergeData service (tools read the name
+// from the generated service too).
+static_assert(std::string_view(kMergeHealthService) == v1::MergeData::service_full_name(),
+              "kMergeHealthService names the MergeData service");
+
+// Stats -> the exporter's histograms (server/metrics does not depend on the
+// server's internals; the phases are its label indices).
+static_assert(static_cast<int>(Phase::kReceive) == 0 && static_cast<int>(Phase::kMerge) == 1 &&
+                  static_cast<int>(Phase::kSend) == 2 && static_cast<int>(Phase::kTotal) == 3 &&
+                  kNumPhases == static_cast<int>(metrics::kPhaseNames.size()),
+              "metrics::kPhaseNames follows server/stats.h's Phase");
+
+class HistogramFeed : public LatencyObserver {
+ public:
+  explicit HistogramFeed(metrics::LatencyHistograms* histograms) : histograms_(histograms) {}
+  void ObserveLatency(Phase phase, double us) override { histograms_->Observe(static_cast<int>(phase), us); }
+
+ private:
+  metrics::LatencyHistograms* const histograms_;
+};
+
+void ToProto(const LatencySummary& s, v1::LatencySummary* out) {
+  out->set_count(s.count);
+  out->set_p50_us(s.p50_us);
+  out->set_p90_us(s.p90_us);
+  out->set_p99_us(s.p99_us);
+  out->set_max_us(s.max_us);
 }
 
 absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
@@ -88,7 +105,11 @@ absl::Status MergeServer::Init() {
     if (!snap.ok()) return snap.status();
   }
 
-  if (!options_.metrics_address.empty()) stats_.SetLatencyObserver(&latency_histograms_);
+  if (!options_.metrics_address.empty()) {
+    latency_histograms_ = std::make_unique<metrics::LatencyHistograms>();
+    histogram_feed_ = std::make_unique<HistogramFeed>(latency_histograms_.get());
+    stats_.SetLatencyObserver(histogram_feed_.get());
+  }
   group_ = std::make_unique<Group>(options_.heartbeat_timeout);
   StepCollector::Options co;
   co.step_timeout = options_.step_timeout;
@@ -132,17 +153,11 @@ absl::Status MergeServer::Init() {
   if (!creds.ok()) return creds.status();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  const int max_msg = static_cast<int>(2 * kMaxPayloadBytes + (16 << 20));
-
   grpc::ServerBuilder rank_builder;
   rank_builder.AddListeningPort(options_.rank_address, *creds, &rank_port_);
   rank_builder.RegisterService(control_service_.get());
   if (plane_service != nullptr) rank_builder.RegisterService(plane_service);
-  rank_builder.SetMaxReceiveMessageSize(max_msg);
-  rank_builder.SetMaxSendMessageSize(max_msg);
-  // Partials are MBs per step: start with a large stream window instead of
-  // waiting for BDP probing to grow it from 64 KiB.
-  rank_builder.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 20);
+  ConfigureRankListener(&rank_builder);
   rank_server_ = rank_builder.BuildAndStart();
   if (rank_server_ == nullptr || rank_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("rank_address: cannot listen on ", options_.rank_address));
@@ -171,10 +186,10 @@ absl::Status MergeServer::Init() {
           metrics::ServerState st;
           st.stats = GetStats();
           GetConfig(&st.config);
-          st.nccl_state = plane_->NcclState();
+          st.nccl_state = plane_->CommunicatorState();
           return st;
         },
-        &latency_histograms_);
+        latency_histograms_.get());
     if (!exporter.ok()) return exporter.status();
     metrics_ = std::move(*exporter);
     metrics_port_ = metrics_->port();
@@ -207,10 +222,10 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::Configure(
   auto snap = config_.Configure(config, default_scale);
   if (!snap.ok()) return snap;
   LogInfo("configured: version %u, world_size %d, heads %d, head_size %d, max_tokens %d",
-          (*snap)->version, (*snap)->spec.world_size, (*snap)->spec.num_heads,
+          (*snap)->version, (*snap)->spec.num_parts, (*snap)->spec.num_heads,
           (*snap)->spec.head_size, (*snap)->spec.max_tokens);
   if (!before->configured || before->hash != (*snap)->hash) {
-    group_->Reset((*snap)->spec.world_size, "group configuration changed; join again");
+    group_->Reset((*snap)->spec.num_parts, "group configuration changed; join again");
   }
   draining_.store(false);
   if (!shut_down_.load()) collector_->Resume();
@@ -250,7 +265,18 @@ void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
 }
 
 v1::GetStatsResponse MergeServer::GetStats() const {
-  v1::GetStatsResponse r = stats_.Snapshot();
+  const StatsSnapshot s = stats_.Snapshot();
+  v1::GetStatsResponse r;
+  r.set_steps_ok(s.steps_ok);
+  r.set_steps_failed(s.steps_failed);
+  r.set_bytes_in(s.bytes_in);
+  r.set_bytes_out(s.bytes_out);
+  r.set_fp8_saturated(s.fp8_saturated);
+  ToProto(s.phases[static_cast<int>(Phase::kReceive)], r.mutable_receive());
+  ToProto(s.phases[static_cast<int>(Phase::kMerge)], r.mutable_merge());
+  ToProto(s.phases[static_cast<int>(Phase::kSend)], r.mutable_send());
+  ToProto(s.phases[static_cast<int>(Phase::kTotal)], r.mutable_total());
+  for (const auto& [code, n] : s.errors_by_code) (*r.mutable_errors_by_code())[code] = n;
   r.set_steps_in_flight(collector_->InFlight());
   return r;
 }

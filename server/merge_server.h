@@ -1,7 +1,8 @@
 // The whole merge server in one object: config store, group, collector,
 // compute backend, data plane, and the two gRPC listeners (rank: RankControl
 // + MergeData; admin: Admin), both with grpc.health.v1 and reflection.
-// Used by server/main.cc, the demo (in process) and the tests.
+// Used by server/main.cc, embed/ (the server inside another process) and
+// the server's tests.
 #ifndef DCPMERGE_SERVER_MERGE_SERVER_H_
 #define DCPMERGE_SERVER_MERGE_SERVER_H_
 
@@ -18,12 +19,16 @@
 #include "server/config_store.h"
 #include "server/data_plane.h"
 #include "server/group.h"
-#include "server/metrics/metrics_exporter.h"
 #include "server/nccl_data_plane.h"
 #include "server/stats.h"
 #include "server/step_collector.h"
 
 namespace dcpmerge {
+
+namespace metrics {
+class LatencyHistograms;
+class MetricsExporter;
+}  // namespace metrics
 
 // Health service name that is SERVING only while the group is complete and
 // the data plane is up (the empty name "" is liveness: always SERVING).
@@ -58,11 +63,6 @@ struct MergeServerOptions {
   // "" = off; port 0 picks one.
   std::string health_address;
 };
-
-// Call once at process start, before threads: per-step buffers are MBs, and
-// glibc would return each freed one to the kernel, so every step would fault
-// in fresh pages. This keeps freed memory in the heap for reuse.
-void KeepFreedBuffersInHeap();
 
 class MergeServer {
  public:
@@ -102,7 +102,10 @@ class MergeServer {
 
   MergeServerOptions options_;
   ConfigStore config_;
-  metrics::LatencyHistograms latency_histograms_;  // outlives stats_ (its observer)
+  // --metrics_address: the exporter's histograms, fed by stats_ through
+  // histogram_feed_; both outlive stats_.
+  std::unique_ptr<metrics::LatencyHistograms> latency_histograms_;
+  std::unique_ptr<LatencyObserver> histogram_feed_;
   Stats stats_;
   std::unique_ptr<Group> group_;
   std::unique_ptr<ComputeBackend> backend_;

@@ -5,8 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
-#include "transport/merge_adapter.h"
+#include "base/log.h"
+#include "common/merge_adapter.h"
 #include "transport/nccl/nccl_transport.h"
 
 #if defined(DCPMERGE_WITH_CUDA)
@@ -112,20 +112,7 @@ NcclDataPlane::~NcclDataPlane() { Stop(); }
 
 absl::StatusOr<transport::ProtocolConfig> NcclDataPlane::ProtocolFor(
     const ConfigSnapshot& snap) const {
-  const GroupSpec& spec = snap.spec;
-  transport::DataPlaneOptions dp;
-  dp.config_version = snap.version;
-  dp.num_ranks = spec.world_size;
-  dp.num_heads = spec.num_heads;
-  dp.head_size = spec.head_size;
-  dp.max_tokens = spec.max_tokens;
-  dp.return_lse = spec.return_lse;
-  dp.return_mode = spec.head_slice ? transport::ReturnMode::kHeadSlice : transport::ReturnMode::kFull;
-  if (options_.fixed_tokens >= 0) {
-    dp.shape_mode = transport::ShapeMode::kFixed;
-    dp.fixed_tokens = options_.fixed_tokens;
-  }
-  auto c = transport::ToProtocolConfig(spec.merge, dp);
+  auto c = ProtocolConfigFor(snap.spec, snap.version, options_.fixed_tokens);
   if (!c.ok()) {
     return absl::Status(c.status().code(), absl::StrCat("data_plane nccl: ", c.status().message()));
   }
@@ -166,13 +153,13 @@ absl::Status NcclDataPlane::Start() {
   started_ = true;
   loop_ = std::thread([this] { Loop(); });
   LogInfo("data plane nccl: waiting for %d rank(s) to join (generation 1%s)",
-          snap->configured ? snap->spec.world_size : 0,
+          snap->configured ? snap->spec.num_parts : 0,
           options_.fixed_tokens >= 0 ? absl::StrCat(", fixed shape ", options_.fixed_tokens, " tokens")
                                      : std::string(", dynamic shapes"));
   return absl::OkStatus();
 }
 
-std::string NcclDataPlane::NcclState() const {
+std::string NcclDataPlane::CommunicatorState() const {
   switch (state_.load()) {
     case kInitializing:
       return "initializing";
@@ -185,14 +172,19 @@ std::string NcclDataPlane::NcclState() const {
   }
 }
 
-DataPlane::NcclBootstrap NcclDataPlane::NcclInfo() const {
+void NcclDataPlane::AddToJoinResponse(const GroupSpec& spec, v1::JoinResponse* response) const {
   absl::MutexLock lock(&mu_);
-  NcclBootstrap s;
-  s.unique_id = unique_id_;
-  s.generation = generation_;
-  s.last_error = last_error_;
-  s.fixed_tokens = options_.fixed_tokens;
-  return s;
+  response->set_nccl_unique_id(unique_id_);
+  response->set_nccl_generation(generation_);
+  response->set_nccl_fixed_shape(options_.fixed_tokens >= 0);
+  response->set_nccl_fixed_tokens(options_.fixed_tokens >= 0 ? options_.fixed_tokens : 0);
+  response->set_server_nccl_rank(spec.num_parts);
+}
+
+void NcclDataPlane::AddToHeartbeatResponse(v1::HeartbeatResponse* response) const {
+  absl::MutexLock lock(&mu_);
+  response->set_nccl_generation(generation_);
+  response->set_data_plane_error(last_error_);
 }
 
 void NcclDataPlane::OnMemberLost(int32_t rank, const absl::Status& reason) {
@@ -271,7 +263,7 @@ std::string NcclDataPlane::FormAndServe() {
     last_error_ = std::string(pc.status().message());
     return {};
   }
-  const int n = snap->spec.world_size;
+  const int n = snap->spec.num_parts;
   std::string id;
   uint64_t generation;
   {
@@ -389,7 +381,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
   }
   float scale = snap.ScaleForLayer(step.layer_id);
   const bool per_tensor = merge.output_mode == OutputMode::kFp8PerTensor;
-  MergeArgs args = transport::ToMergeArgs(step, merge, per_tensor ? &scale : nullptr);
+  MergeArgs args = ToMergeArgs(step, merge, per_tensor ? &scale : nullptr);
   if (per_tensor) step.static_scale_used = scale;
   merge_start_ = absl::Now();
   absl::Status st = merger_->Merge(args, step.queue);
@@ -399,9 +391,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
     return absl::Status(st.code(), absl::StrCat("merge: ", st.message()));
   }
   if (merger_->on_host() && merge.output_mode != OutputMode::kPassthrough) {
-    uint64_t sat = 0;
-    const uint8_t* out = static_cast<const uint8_t*>(step.out);
-    for (uint64_t i = 0; i < step.out_bytes; ++i) sat += (out[i] & 0x7F) == 0x7E;
+    const uint64_t sat = CountSaturatedFp8Codes(static_cast<const uint8_t*>(step.out), step.out_bytes);
     if (sat > 0) stats_->AddSaturated(sat);
   }
   return absl::OkStatus();
@@ -409,7 +399,7 @@ absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
 
 void NcclDataPlane::RecordOutcome(const transport::StepOutcome& o, absl::Time done) {
   stats_->RecordStep(o.step_status);
-  const int n = protocol_.num_ranks;
+  const int n = protocol_.num_parts;
   if (!o.step_status.ok()) {
     for (int r = 0; r < n; ++r) stats_->RecordErrorResponse(o.step_status.code());
     return;

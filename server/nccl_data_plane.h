@@ -1,4 +1,4 @@
-// The data plane over NCCL (DESIGN.md, "Data plane over NCCL"): one
+// The data plane over NCCL (docs/design.md, "The NCCL step protocol"): one
 // communicator of N+1 parties per group, DCP ranks 0..N-1 and the server as
 // rank N, driven by transport/server_protocol.h.
 //
@@ -110,8 +110,13 @@ class NcclDataPlane final : public DataPlane {
 
   v1::DataPlane kind() const override { return v1::DATA_PLANE_NCCL; }
   bool Up() const override { return up_.load(); }
-  NcclBootstrap NcclInfo() const override;
-  std::string NcclState() const override;
+  // JoinResponse: the current unique id and generation, the fixed shape, and
+  // the server's rank N. HeartbeatResponse: the generation and why the last
+  // communicator was given up (a rank whose generation is older rejoins).
+  void AddToJoinResponse(const GroupSpec& spec, v1::JoinResponse* response) const override;
+  void AddToHeartbeatResponse(v1::HeartbeatResponse* response) const override;
+  // uninitialized, initializing, ready or aborted.
+  std::string CommunicatorState() const override;
   void OnMemberLost(int32_t rank, const absl::Status& reason) override;
   // Graceful: a step past its headers may finish (<= step_timeout), then
   // the communicator is aborted. Idempotent.
@@ -156,7 +161,7 @@ class NcclDataPlane final : public DataPlane {
   transport::Transport* transport_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::atomic<bool> cancel_{false};  // cancels a formation in progress
   std::atomic<bool> up_{false};
-  // For NcclState(): uninitialized (no communicator yet), initializing,
+  // For CommunicatorState(): uninitialized (no communicator yet), initializing,
   // ready, aborted (given up; waiting for the ranks to join again).
   enum State { kUninitialized, kInitializing, kReady, kAborted };
   std::atomic<int> state_{kUninitialized};

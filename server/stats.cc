@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/status/status.h"
+#include "base/percentile.h"
 
 namespace dcpmerge {
 
@@ -12,27 +13,16 @@ void LatencyWindow::Add(double us) {
   count_ = std::min(count_ + 1, samples_.size());
 }
 
-double PercentileOfSorted(const std::vector<double>& sorted, double p) {
-  if (sorted.empty()) return 0.0;
-  const size_t i = static_cast<size_t>(p * (sorted.size() - 1) + 0.5);
-  return sorted[std::min(i, sorted.size() - 1)];
-}
-
-double Percentile(std::vector<double> samples, double p) {
-  std::sort(samples.begin(), samples.end());
-  return PercentileOfSorted(samples, p);
-}
-
-v1::LatencySummary LatencyWindow::Summary() const {
-  v1::LatencySummary s;
-  s.set_count(count_);
+LatencySummary LatencyWindow::Summary() const {
+  LatencySummary s;
+  s.count = count_;
   if (count_ == 0) return s;
   std::vector<double> v(samples_.begin(), samples_.begin() + count_);
   std::sort(v.begin(), v.end());
-  s.set_p50_us(PercentileOfSorted(v, 0.50));
-  s.set_p90_us(PercentileOfSorted(v, 0.90));
-  s.set_p99_us(PercentileOfSorted(v, 0.99));
-  s.set_max_us(v.back());
+  s.p50_us = PercentileOfSorted(v, 0.50);
+  s.p90_us = PercentileOfSorted(v, 0.90);
+  s.p99_us = PercentileOfSorted(v, 0.99);
+  s.max_us = v.back();
   return s;
 }
 
@@ -74,19 +64,16 @@ void Stats::RecordErrorResponse(absl::StatusCode code) {
   ++errors_[absl::StatusCodeToString(code)];
 }
 
-v1::GetStatsResponse Stats::Snapshot() const {
+StatsSnapshot Stats::Snapshot() const {
   absl::MutexLock lock(&mu_);
-  v1::GetStatsResponse r;
-  r.set_steps_ok(steps_ok_);
-  r.set_steps_failed(steps_failed_);
-  r.set_bytes_in(bytes_in_);
-  r.set_bytes_out(bytes_out_);
-  r.set_fp8_saturated(saturated_);
-  *r.mutable_receive() = phases_[0].Summary();
-  *r.mutable_merge() = phases_[1].Summary();
-  *r.mutable_send() = phases_[2].Summary();
-  *r.mutable_total() = phases_[3].Summary();
-  for (const auto& [code, n] : errors_) (*r.mutable_errors_by_code())[code] = n;
+  StatsSnapshot r;
+  r.steps_ok = steps_ok_;
+  r.steps_failed = steps_failed_;
+  r.bytes_in = bytes_in_;
+  r.bytes_out = bytes_out_;
+  r.fp8_saturated = saturated_;
+  for (int i = 0; i < kNumPhases; ++i) r.phases[i] = phases_[i].Summary();
+  r.errors_by_code = errors_;
   return r;
 }
 

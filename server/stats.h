@@ -1,5 +1,8 @@
 // Server statistics: step counts, bytes, latency percentiles per phase and
 // errors by status code. Thread-safe; recording is a short critical section.
+// Plain C++ (no API types): the server turns a snapshot into
+// Admin.GetStats' answer (merge_server.cc), and the metrics exporter
+// observes latencies through LatencyObserver.
 #ifndef DCPMERGE_SERVER_STATS_H_
 #define DCPMERGE_SERVER_STATS_H_
 
@@ -14,23 +17,33 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "dcpmerge/v1/admin.pb.h"
 
 namespace dcpmerge {
 
 enum class Phase { kReceive = 0, kMerge = 1, kSend = 2, kTotal = 3 };
+inline constexpr int kNumPhases = 4;
 
-// Nearest-rank percentile (p in [0, 1]) of ascending `sorted`; 0 if empty.
-double PercentileOfSorted(const std::vector<double>& sorted, double p);
-// The same for unsorted samples (sorts a copy).
-double Percentile(std::vector<double> samples, double p);
+struct LatencySummary {
+  uint64_t count = 0;
+  double p50_us = 0, p90_us = 0, p99_us = 0, max_us = 0;
+};
+
+struct StatsSnapshot {
+  uint64_t steps_ok = 0;
+  uint64_t steps_failed = 0;
+  uint64_t bytes_in = 0;
+  uint64_t bytes_out = 0;
+  uint64_t fp8_saturated = 0;
+  std::array<LatencySummary, kNumPhases> phases;  // indexed by Phase
+  std::map<std::string, uint64_t> errors_by_code;  // "INVALID_ARGUMENT" -> n
+};
 
 // Percentiles over the most recent `window` samples.
 class LatencyWindow {
  public:
   explicit LatencyWindow(size_t window = 8192) : samples_(window) {}
   void Add(double us);
-  v1::LatencySummary Summary() const;
+  LatencySummary Summary() const;
 
  private:
   std::vector<double> samples_;
@@ -61,7 +74,7 @@ class Stats {
   void RecordStep(const absl::Status& status);
   // One error response sent to a rank, by code.
   void RecordErrorResponse(absl::StatusCode code);
-  v1::GetStatsResponse Snapshot() const;
+  StatsSnapshot Snapshot() const;
 
  private:
   mutable absl::Mutex mu_;
@@ -71,7 +84,7 @@ class Stats {
   uint64_t bytes_out_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t saturated_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
-  std::array<LatencyWindow, 4> phases_ ABSL_GUARDED_BY(mu_);
+  std::array<LatencyWindow, kNumPhases> phases_ ABSL_GUARDED_BY(mu_);
   std::atomic<LatencyObserver*> observer_{nullptr};
 };
 

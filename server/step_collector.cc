@@ -6,7 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
-#include "server/log.h"
+#include "base/log.h"
 
 namespace dcpmerge {
 
@@ -161,9 +161,9 @@ void StepCollector::Submit(StepPart part, StepDone done) {
     return reject(absl::FailedPreconditionError("server not configured"));
   }
   const int32_t rank = header.rank();
-  if (rank < 0 || rank >= current->spec.world_size) {
+  if (rank < 0 || rank >= current->spec.num_parts) {
     return reject(absl::InvalidArgumentError(absl::StrCat(
-        "header.rank: ", rank, " is not in 0..", current->spec.world_size - 1)));
+        "header.rank: ", rank, " is not in 0..", current->spec.num_parts - 1)));
   }
   if (absl::Status st = group_->CheckSession(rank, header.session_id()); !st.ok()) {
     return reject(st);
@@ -199,8 +199,8 @@ void StepCollector::Submit(StepPart part, StepDone done) {
         p.step = step;
         p.config = current;
         p.first = header;
-        p.parts.resize(current->spec.world_size);
-        p.have.assign(current->spec.world_size, false);
+        p.parts.resize(current->spec.num_parts);
+        p.have.assign(current->spec.num_parts, false);
         p.first_arrival = absl::Now();
         p.deadline = p.first_arrival + options_.step_timeout;
         it = pending_.emplace(step, std::move(p)).first;
@@ -303,12 +303,12 @@ void StepCollector::RunMerge(Pending& p) {
   result->config = p.config;
 
   MergeArgs args;
-  args.shape.num_parts = spec.world_size;
+  args.shape.num_parts = spec.num_parts;
   args.shape.num_tokens = p.first.num_tokens();
   args.shape.num_heads = spec.num_heads;
   args.shape.head_size = spec.head_size;
   args.config = spec.merge;
-  for (int i = 0; i < spec.world_size; ++i) {
+  for (int i = 0; i < spec.num_parts; ++i) {
     args.partial_out[i] = p.parts[i].partial_out.data();
     args.partial_lse[i] = reinterpret_cast<const float*>(p.parts[i].lse.data());
   }
@@ -340,8 +340,7 @@ void StepCollector::RunMerge(Pending& p) {
     stats_->RecordLatency(Phase::kMerge, t1 - t0);
     stats_->RecordLatency(Phase::kTotal, t1 - p.first_arrival);
     if (fp8) {
-      uint64_t sat = 0;
-      for (uint8_t c : result->output) sat += (c & 0x7F) == 0x7E;
+      const uint64_t sat = CountSaturatedFp8Codes(result->output.data(), result->output.size());
       if (sat > 0) stats_->AddSaturated(sat);
     }
   } else {

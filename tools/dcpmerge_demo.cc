@@ -30,13 +30,18 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/heap.h"
+#include "base/log.h"
+#include "base/percentile.h"
+#include "base/rng.h"
 #include "client/rank_client.h"
+#include "common/group_spec.h"
+#include "common/names.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
+#include "embed/embedded_server.h"
 #include "grpcpp/create_channel.h"
+#include "kernels/merge_contract.h"
 #include "kernels/numeric.h"
-#include "server/log.h"
-#include "server/merge_server.h"
-#include "server/stats.h"
 
 ABSL_FLAG(int32_t, ranks, 4, "DCP ranks (simulated, one thread each)");
 ABSL_FLAG(int32_t, tokens, 64, "Tokens per step");
@@ -54,18 +59,6 @@ ABSL_FLAG(bool, verbose, false, "Server log lines on stderr");
 
 namespace dcpmerge {
 namespace {
-
-// splitmix64: fast, good enough for test data.
-struct Rng {
-  uint64_t s;
-  uint64_t Next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double Uniform() { return (Next() >> 11) * (1.0 / 9007199254740992.0); }
-};
 
 struct RankInput {
   std::vector<uint8_t> out;   // [T,H,D] in dtype
@@ -109,39 +102,41 @@ int Run() {
   }
   SetLogQuiet(!absl::GetFlag(FLAGS_verbose));
 
-  v1::GroupConfig cfg;
-  cfg.set_world_size(N);
-  cfg.set_num_heads(H);
-  cfg.set_head_size(D);
-  cfg.set_max_tokens(T);
-  const v1::DType dt = dtype == "fp32" ? v1::DTYPE_FLOAT32 : dtype == "fp16" ? v1::DTYPE_FLOAT16 : v1::DTYPE_BFLOAT16;
-  if (dtype != "bf16" && dtype != "fp16" && dtype != "fp32") {
-    std::fprintf(stderr, "--dtype must be bf16, fp16 or fp32\n");
+  // LSE base e in [H,T], full return (DefaultGroupConfig), with the flags'
+  // shape, dtype and FP8 mode.
+  v1::GroupConfig cfg = DefaultGroupConfig(N, H, D, T);
+  v1::DType dt;
+  v1::OutputMode om;
+  if (absl::Status st = ParseName(kDTypeNames, "dtype", dtype, &dt); !st.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(st.message()).c_str());
+    return 2;
+  }
+  absl::Status mode_ok = ParseName(kOutputModeNames, "output_mode", mode, &om);
+  if (mode_ok.ok() && om == v1::OUTPUT_MODE_PASSTHROUGH) {
+    mode_ok = absl::InvalidArgumentError("--output_mode: the demo checks FP8 outputs; passthrough is not one");
+  }
+  if (!mode_ok.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(mode_ok.message()).c_str());
     return 2;
   }
   cfg.set_input_dtype(dt);
-  cfg.set_lse_base(v1::LSE_BASE_E);
-  cfg.set_lse_layout(v1::LSE_LAYOUT_HEADS_TOKENS);
-  const v1::OutputMode om = mode == "fp8_per_token"   ? v1::OUTPUT_MODE_FP8_PER_TOKEN
-                            : mode == "fp8_per_group" ? v1::OUTPUT_MODE_FP8_PER_GROUP
-                                                      : v1::OUTPUT_MODE_FP8_PER_TENSOR;
-  if (mode != "fp8_per_tensor" && mode != "fp8_per_token" && mode != "fp8_per_group") {
-    std::fprintf(stderr, "--output_mode must be fp8_per_tensor, fp8_per_token or fp8_per_group\n");
-    return 2;
-  }
   cfg.set_output_mode(om);
   cfg.set_group_size(D % 128 == 0 ? 128 : 64);
-  cfg.set_return_mode(v1::RETURN_MODE_FULL);
+  const absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(cfg);
+  if (!spec.ok()) {
+    std::fprintf(stderr, "%s\n", spec.status().ToString().c_str());
+    return 2;
+  }
 
   // The server, in process, on loopback ports picked by the kernel.
-  MergeServerOptions so;
+  EmbeddedServerOptions so;
   so.rank_address = "127.0.0.1:0";
   so.admin_address = "127.0.0.1:0";
   so.admin_token = absl::StrCat("demo-", std::random_device{}());
   so.initial_config = cfg;
   so.backend = absl::GetFlag(FLAGS_backend);
   so.step_timeout = absl::Seconds(10);
-  auto server = MergeServer::Start(so);
+  auto server = EmbeddedServer::Start(so);
   if (!server.ok()) {
     std::fprintf(stderr, "server failed to start: %s\n", server.status().ToString().c_str());
     return 1;
@@ -177,7 +172,7 @@ int Run() {
     RankClientOptions co;
     co.target = target;
     co.rank = r;
-    co.world_size = N;
+    co.num_parts = N;
     auto c = RankClient::Connect(co);
     if (!c.ok() || !(*c)->Join().ok()) {
       std::fprintf(stderr, "rank %d could not join\n", r);
@@ -192,7 +187,7 @@ int Run() {
   const v1::JoinResponse info = clients[0]->join_info();
 
   const int64_t elems = int64_t{T} * H * D;
-  const size_t es = dt == v1::DTYPE_FLOAT32 ? 4 : 2;
+  const size_t es = static_cast<size_t>(spec->InputElementBytes());
   std::vector<RankInput> inputs(N);
   std::vector<absl::StatusOr<MergeResult>> results(N, absl::UnknownError("none"));
   std::vector<std::vector<double>> latency_ms(N);
@@ -205,7 +200,7 @@ int Run() {
   uint64_t update_version = 0;
 
   auto make_input = [&](int r, int step, RankInput* in) {
-    Rng rng{seed * 1000003ull + step * 7919ull + r};
+    SplitMix64 rng{seed * 1000003ull + step * 7919ull + r};
     in->out.resize(elems * es);
     in->value.resize(elems);
     in->lse.resize(int64_t{T} * H);
@@ -310,7 +305,7 @@ int Run() {
           }
           // Clipped: the value would have rounded above 448 (464 is the
           // midpoint to the next binade's first step). By design, not an error.
-          if ((code & 0x7F) == 0x7E && std::fabs(ref) > 464.0 * scale) {
+          if (IsSaturatedFp8Code(code) && std::fabs(ref) > 464.0 * scale) {
             ++saturated;
             continue;
           }

@@ -3,8 +3,8 @@
 // ranks and the server) makes with it. Production: NcclTransport
 // (nccl/nccl_transport.h, MakeNcclCommunicatorFactory); tests: FakeHub
 // (fake_hub.h), an in-process stand-in with NCCL's bootstrap behaviour.
-// The server's data plane (server/nccl_data_plane.h) and the rank client
-// (client/rank_client.h) take one, so both run unchanged over either.
+// The server's data plane (server/nccl_data_plane.h) and the rank's device path
+// (client/rank_device.h) take one, so both run unchanged over either.
 #ifndef DCPMERGE_TRANSPORT_FACTORY_H_
 #define DCPMERGE_TRANSPORT_FACTORY_H_
 
@@ -23,12 +23,12 @@ namespace transport {
 struct CommunicatorFactory {
   // A fresh unique id (opaque bytes; 128 for NCCL).
   std::function<absl::StatusOr<std::string>()> new_unique_id;
-  // Joins communicator `unique_id` as `rank` of `world_size`. Blocks until
+  // Joins communicator `unique_id` as `rank` of `num_parties`. Blocks until
   // every party joined (OK), `deadline` passed (DEADLINE_EXCEEDED) or
   // `*cancel` (may be null) became true (CANCELLED); a half-made
   // communicator is aborted on failure. Thread-safe.
   std::function<absl::StatusOr<std::unique_ptr<Transport>>(
-      const std::string& unique_id, int world_size, int rank,
+      const std::string& unique_id, int num_parties, int rank,
       absl::Time deadline, const std::atomic<bool>* cancel)>
       create;
 

@@ -19,27 +19,27 @@ CommunicatorFactory FakeHub::Factory() {
     absl::MutexLock lock(&self->mu_);
     return absl::StrCat("fake-nccl-unique-id-", ++self->ids_made_);
   };
-  f.create = [self](const std::string& id, int world_size, int rank,
+  f.create = [self](const std::string& id, int num_parties, int rank,
                     absl::Time deadline, const std::atomic<bool>* cancel) {
-    return self->Join(id, world_size, rank, deadline, cancel);
+    return self->Join(id, num_parties, rank, deadline, cancel);
   };
   return f;
 }
 
 absl::StatusOr<std::unique_ptr<Transport>> FakeHub::Join(
-    const std::string& id, int world_size, int rank, absl::Time deadline,
+    const std::string& id, int num_parties, int rank, absl::Time deadline,
     const std::atomic<bool>* cancel) {
-  if (world_size < 1 || rank < 0 || rank >= world_size) {
+  if (num_parties < 1 || rank < 0 || rank >= num_parties) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", rank, " of world size ", world_size, " is impossible"));
+        "rank ", rank, " of ", num_parties, " parties is impossible"));
   }
   absl::MutexLock lock(&mu_);
   Formation& f = formations_[id];
-  if (f.world_size == 0) f.world_size = world_size;
-  if (f.world_size != world_size) {
+  if (f.num_parties == 0) f.num_parties = num_parties;
+  if (f.num_parties != num_parties) {
     return absl::InvalidArgumentError(
-        absl::StrCat("communicator ", id, " has world size ", f.world_size,
-                     ", rank ", rank, " asked for ", world_size));
+        absl::StrCat("communicator ", id, " has ", f.num_parties, " parties",
+                     ", rank ", rank, " asked for ", num_parties));
   }
   if (f.formed || !f.failed.empty() || f.arrived.count(rank) != 0) {
     return absl::FailedPreconditionError(absl::StrCat(
@@ -53,10 +53,10 @@ absl::StatusOr<std::unique_ptr<Transport>> FakeHub::Join(
       return absl::UnavailableError(
           absl::StrCat("communicator ", id, " init failed: ", f.failed));
     }
-    if (static_cast<int>(f.arrived.size()) == f.world_size) {
+    if (static_cast<int>(f.arrived.size()) == f.num_parties) {
       if (!f.formed) {
         f.formed = true;
-        f.world = FakeWorld::Create(f.world_size);
+        f.world = FakeWorld::Create(f.num_parties);
         ++formed_;
       }
       absl::StatusOr<std::unique_ptr<FakeTransport>> t = f.world->Connect(rank);
@@ -68,7 +68,7 @@ absl::StatusOr<std::unique_ptr<Transport>> FakeHub::Join(
       why = absl::StrCat("rank ", rank, " cancelled its init");
     } else if (absl::Now() >= deadline) {
       why = absl::StrCat("rank ", rank, " reached its init deadline with ",
-                         f.arrived.size(), " of ", f.world_size,
+                         f.arrived.size(), " of ", f.num_parties,
                          " parties joined");
     }
     if (!why.empty()) {

@@ -1,8 +1,8 @@
 // FakeHub: NCCL's bootstrap, in process, over FakeWorld (fake_transport.h).
 //
 // Factory() is a CommunicatorFactory (factory.h): new_unique_id makes a new
-// id; create(id, world_size, rank, deadline, cancel) blocks until all
-// world_size parties of `id` called it (then each gets its FakeTransport of
+// id; create(id, num_parties, rank, deadline, cancel) blocks until all
+// num_parties parties of `id` called it (then each gets its FakeTransport of
 // one FakeWorld), the deadline passes (DEADLINE_EXCEEDED) or *cancel turns
 // true (CANCELLED). As with NCCL, an id serves one formation: once any party
 // gave up, the others fail too (UNAVAILABLE) and a rank joining an id twice
@@ -43,7 +43,7 @@ class FakeHub : public std::enable_shared_from_this<FakeHub> {
 
  private:
   struct Formation {
-    int world_size = 0;
+    int num_parties = 0;
     std::set<int> arrived;
     bool formed = false;
     std::string failed;  // non-empty: a party gave up
@@ -51,7 +51,7 @@ class FakeHub : public std::enable_shared_from_this<FakeHub> {
   };
   FakeHub() = default;
   absl::StatusOr<std::unique_ptr<Transport>> Join(
-      const std::string& unique_id, int world_size, int rank,
+      const std::string& unique_id, int num_parties, int rank,
       absl::Time deadline, const std::atomic<bool>* cancel);
 
   mutable absl::Mutex mu_;

@@ -32,22 +32,22 @@ absl::StatusOr<Buffer> AllocateAligned(size_t bytes) {
 
 // ------------------------------------------------------------- FakeWorld ---
 
-std::shared_ptr<FakeWorld> FakeWorld::Create(int world_size) {
-  return std::shared_ptr<FakeWorld>(new FakeWorld(world_size));
+std::shared_ptr<FakeWorld> FakeWorld::Create(int num_parties) {
+  return std::shared_ptr<FakeWorld>(new FakeWorld(num_parties));
 }
 
-FakeWorld::FakeWorld(int world_size)
-    : world_size_(world_size),
-      parties_(static_cast<size_t>(world_size)),
-      sends_(static_cast<size_t>(world_size * world_size)),
-      recvs_(static_cast<size_t>(world_size * world_size)) {}
+FakeWorld::FakeWorld(int num_parties)
+    : num_parties_(num_parties),
+      parties_(static_cast<size_t>(num_parties)),
+      sends_(static_cast<size_t>(num_parties * num_parties)),
+      recvs_(static_cast<size_t>(num_parties * num_parties)) {}
 
 FakeWorld::~FakeWorld() = default;
 
 absl::StatusOr<std::unique_ptr<FakeTransport>> FakeWorld::Connect(int rank) {
-  if (rank < 0 || rank >= world_size_) {
+  if (rank < 0 || rank >= num_parties_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", rank, " is outside 0..", world_size_ - 1));
+        "rank ", rank, " is outside 0..", num_parties_ - 1));
   }
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -300,10 +300,10 @@ absl::Status FakeTransport::GroupEnd() {
 
 absl::Status FakeTransport::AddP2P(bool is_send, void* data, size_t bytes,
                                    int peer) {
-  if (peer < 0 || peer >= world_->world_size()) {
+  if (peer < 0 || peer >= world_->num_parties()) {
     return absl::InvalidArgumentError(absl::StrCat(
         is_send ? "Send" : "Recv", ": peer ", peer, " is outside 0..",
-        world_->world_size() - 1));
+        world_->num_parties() - 1));
   }
   if (bytes > 0 && data == nullptr) {
     return absl::InvalidArgumentError(

@@ -38,7 +38,7 @@ class FakeTransport;
 
 class FakeWorld : public std::enable_shared_from_this<FakeWorld> {
  public:
-  static std::shared_ptr<FakeWorld> Create(int world_size);
+  static std::shared_ptr<FakeWorld> Create(int num_parties);
 
   // The party of `rank`; each rank may be connected once.
   absl::StatusOr<std::unique_ptr<FakeTransport>> Connect(int rank);
@@ -46,7 +46,7 @@ class FakeWorld : public std::enable_shared_from_this<FakeWorld> {
   // Freezes `rank` (see above). Aborting it afterwards still cleans it up.
   void Kill(int rank);
 
-  int world_size() const { return world_size_; }
+  int num_parties() const { return num_parties_; }
 
   // Sends and receives posted but not yet matched, over all parties. 0 once
   // every party has drained its queue means nothing was left unmatched.
@@ -91,7 +91,7 @@ class FakeWorld : public std::enable_shared_from_this<FakeWorld> {
     std::deque<std::unique_ptr<Item>> queue;
   };
 
-  explicit FakeWorld(int world_size);
+  explicit FakeWorld(int num_parties);
 
   // All below with mu_ held.
   absl::Status UsableLocked(int rank) const;
@@ -106,13 +106,13 @@ class FakeWorld : public std::enable_shared_from_this<FakeWorld> {
   void Disconnect(int rank);
 
   std::deque<P2POp*>& Sends(int src, int dst) {
-    return sends_[static_cast<size_t>(src * world_size_ + dst)];
+    return sends_[static_cast<size_t>(src * num_parties_ + dst)];
   }
   std::deque<P2POp*>& Recvs(int src, int dst) {
-    return recvs_[static_cast<size_t>(src * world_size_ + dst)];
+    return recvs_[static_cast<size_t>(src * num_parties_ + dst)];
   }
 
-  const int world_size_;
+  const int num_parties_;
   std::mutex mu_;
   std::condition_variable cv_;  // any state change
   std::vector<Party> parties_;
@@ -125,7 +125,7 @@ class FakeTransport final : public Transport {
   ~FakeTransport() override;
 
   int rank() const override { return rank_; }
-  int world_size() const override { return world_->world_size(); }
+  int num_parties() const override { return world_->num_parties(); }
 
   absl::StatusOr<Buffer> AllocateDevice(size_t bytes) override;
   absl::StatusOr<Buffer> AllocateHost(size_t bytes) override;

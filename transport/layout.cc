@@ -1,7 +1,5 @@
 #include "transport/layout.h"
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
 
 namespace dcpmerge {
@@ -21,9 +19,9 @@ absl::Status ValidateProtocolConfig(const ProtocolConfig& c) {
   if (c.config_version == 0) {
     return Invalid("config_version", "must be > 0 (0 means \"any\" on the wire)");
   }
-  if (c.num_ranks < 1 || c.num_ranks > kMaxRanks) {
-    return Invalid("num_ranks", absl::StrCat(c.num_ranks, " is outside 1..",
-                                             kMaxRanks));
+  if (c.num_parts < 1 || c.num_parts > kMaxParts) {
+    return Invalid("num_parts", absl::StrCat(c.num_parts, " is outside 1..",
+                                             kMaxParts));
   }
   if (c.num_heads < 1) {
     return Invalid("num_heads", absl::StrCat(c.num_heads, " must be >= 1"));
@@ -75,10 +73,10 @@ absl::Status ValidateProtocolConfig(const ProtocolConfig& c) {
       c.return_mode != ReturnMode::kHeadSlice) {
     return Invalid("return_mode", "unknown value");
   }
-  if (c.return_mode == ReturnMode::kHeadSlice && c.num_heads < c.num_ranks) {
+  if (c.return_mode == ReturnMode::kHeadSlice && c.num_heads < c.num_parts) {
     return Invalid("return_mode",
                    absl::StrCat("head slices need num_heads (", c.num_heads,
-                                ") >= num_ranks (", c.num_ranks, ")"));
+                                ") >= num_parts (", c.num_parts, ")"));
   }
   if (c.shape_mode != ShapeMode::kDynamic && c.shape_mode != ShapeMode::kFixed) {
     return Invalid("shape_mode", "unknown value");
@@ -107,11 +105,7 @@ HeadRange RankHeads(const ProtocolConfig& c, int rank) {
     range.count = c.num_heads;
     return range;
   }
-  const int32_t base = c.num_heads / c.num_ranks;
-  const int32_t extra = c.num_heads % c.num_ranks;
-  range.begin = rank * base + std::min(rank, extra);
-  range.count = base + (rank < extra ? 1 : 0);
-  return range;
+  return HeadSlice(c.num_heads, c.num_parts, rank);
 }
 
 namespace {
@@ -165,7 +159,7 @@ PayloadSizes FullPayloadSizes(const ProtocolConfig& c, int64_t num_tokens) {
 
 std::string DescribeConfig(const ProtocolConfig& c) {
   return absl::StrCat(
-      "v", c.config_version, " N=", c.num_ranks, " H=", c.num_heads,
+      "v", c.config_version, " N=", c.num_parts, " H=", c.num_heads,
       " D=", c.head_size, " max_tokens=", c.max_tokens,
       " in=", c.input_elem_bytes, "B out=", c.output_elem_bytes,
       "B scales=", static_cast<int>(c.scale_layout),

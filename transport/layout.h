@@ -18,9 +18,10 @@
 //   out_lse      T*h fp32 in lse_layout, only if return_lse
 // where h = H in kFull mode and the rank's heads in kHeadSlice mode.
 //
-// Head slices: the H heads are split into N contiguous ranges, as even as
-// possible, the first H % N ranks getting one head more: rank r gets
-// [r*(H/N) + min(r, H%N), +H/N + (r < H%N)). kHeadSlice needs H >= N.
+// Head slices: base/head_slice.h's rule (the gRPC plane cuts its responses
+// with the same one): the H heads are split into N contiguous ranges, as
+// even as possible, the first H % N ranks getting one head more.
+// kHeadSlice needs H >= N.
 #ifndef DCPMERGE_TRANSPORT_LAYOUT_H_
 #define DCPMERGE_TRANSPORT_LAYOUT_H_
 
@@ -28,12 +29,11 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "base/head_slice.h"
+#include "base/limits.h"
 
 namespace dcpmerge {
 namespace transport {
-
-// Most DCP ranks one server merges (mirrors kernels' kMaxParts).
-inline constexpr int kMaxRanks = 64;
 
 enum class ScaleLayout : uint8_t {
   kNone,       // passthrough output: no scale
@@ -62,7 +62,7 @@ enum class ShapeMode : uint8_t {
 
 struct ProtocolConfig {
   uint64_t config_version = 1;  // > 0; 0 in a StepHeader means "any"
-  int32_t num_ranks = 0;        // N, 1..kMaxRanks; the server is rank N
+  int32_t num_parts = 0;        // N, 1..kMaxParts; the server is rank N
   int32_t num_heads = 0;        // H
   int32_t head_size = 0;        // D
   int64_t max_tokens = 0;       // >= 0
@@ -81,12 +81,8 @@ struct ProtocolConfig {
 // max_tokens would not fit comfortably in int64 (> 2^52).
 absl::Status ValidateProtocolConfig(const ProtocolConfig& config);
 
-struct HeadRange {
-  int32_t begin = 0;
-  int32_t count = 0;
-};
-
-// The heads rank `rank` receives (all of them in kFull mode).
+// The heads rank `rank` receives (all of them in kFull mode, its
+// HeadSlice in kHeadSlice mode).
 HeadRange RankHeads(const ProtocolConfig& config, int rank);
 
 // Byte counts of one rank's five payload buffers for a step of num_tokens.

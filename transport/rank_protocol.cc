@@ -22,12 +22,12 @@ absl::StatusOr<std::unique_ptr<RankProtocol>> RankProtocol::Create(
   }
   absl::Status s = ValidateProtocolConfig(config);
   if (!s.ok()) return s;
-  if (transport->world_size() != config.num_ranks + 1 ||
-      transport->rank() < 0 || transport->rank() >= config.num_ranks) {
+  if (transport->num_parties() != config.num_parts + 1 ||
+      transport->rank() < 0 || transport->rank() >= config.num_parts) {
     return absl::InvalidArgumentError(absl::StrCat(
         "RankProtocol: transport is rank ", transport->rank(), " of ",
-        transport->world_size(), "; config needs a DCP rank < ",
-        config.num_ranks, " of ", config.num_ranks + 1));
+        transport->num_parties(), "; config needs a DCP rank < ",
+        config.num_parts, " of ", config.num_parts + 1));
   }
   if (slots < 1 || slots > 1024) {
     return absl::InvalidArgumentError(
@@ -108,7 +108,7 @@ absl::StatusOr<StepTicket> RankProtocol::EnqueueStep(const RankStep& step) {
 
   StepHeader* hdr_dev = header_dev_.as<StepHeader>() + us;
   ResponseHeader* resp_dev = response_dev_.as<ResponseHeader>() + us;
-  const int server = config_.num_ranks;
+  const int server = config_.num_parts;
   absl::Status s = transport_->Copy(hdr_dev, header_host_.as<StepHeader>() + us,
                                     sizeof(StepHeader));
   if (!s.ok()) return s;

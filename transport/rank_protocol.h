@@ -61,8 +61,8 @@ struct StepTicket {
 
 class RankProtocol {
  public:
-  // `transport` is rank `config`'s rank r < num_ranks of a communicator of
-  // num_ranks + 1; it must outlive this object.
+  // `transport` is rank `config`'s rank r < num_parts of a communicator of
+  // num_parts + 1; it must outlive this object.
   static absl::StatusOr<std::unique_ptr<RankProtocol>> Create(
       Transport* transport, const ProtocolConfig& config, int slots = 4);
 

@@ -68,7 +68,7 @@ absl::Status SameAcrossRanks(const char* name, const StepHeader* h, int n,
 }
 
 bool SameConfig(const ProtocolConfig& a, const ProtocolConfig& b) {
-  return a.config_version == b.config_version && a.num_ranks == b.num_ranks &&
+  return a.config_version == b.config_version && a.num_parts == b.num_parts &&
          a.num_heads == b.num_heads && a.head_size == b.head_size &&
          a.max_tokens == b.max_tokens &&
          a.input_elem_bytes == b.input_elem_bytes &&
@@ -189,13 +189,13 @@ absl::StatusOr<std::unique_ptr<ServerProtocol>> ServerProtocol::Create(
 absl::Status ServerProtocol::Reconfigure(const ProtocolConfig& config) {
   absl::Status s = ValidateProtocolConfig(config);
   if (!s.ok()) return s;
-  if (transport_->world_size() != config.num_ranks + 1 ||
-      transport_->rank() != config.num_ranks) {
+  if (transport_->num_parties() != config.num_parts + 1 ||
+      transport_->rank() != config.num_parts) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "num_ranks: ", config.num_ranks, " ranks need a communicator of ",
-        config.num_ranks + 1, " with the server as rank ", config.num_ranks,
+        "num_parts: ", config.num_parts, " ranks need a communicator of ",
+        config.num_parts + 1, " with the server as rank ", config.num_parts,
         "; the transport is rank ", transport_->rank(), " of ",
-        transport_->world_size()));
+        transport_->num_parties()));
   }
   ProtocolConfig same = config;
   same.config_version = config_.config_version;
@@ -208,7 +208,7 @@ absl::Status ServerProtocol::Reconfigure(const ProtocolConfig& config) {
 }
 
 absl::Status ServerProtocol::Allocate() {
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   max_sizes_.clear();
   for (int r = 0; r < n; ++r) {
     max_sizes_.push_back(RankPayloadSizes(config_, r, config_.max_tokens));
@@ -274,7 +274,7 @@ absl::Status ServerProtocol::PostPayloadRecvs(
     const std::vector<PayloadSizes>& sizes) {
   absl::Status s = transport_->GroupStart();
   if (!s.ok()) return s;
-  for (int r = 0; r < config_.num_ranks; ++r) {
+  for (int r = 0; r < config_.num_parts; ++r) {
     const uint64_t ur = static_cast<uint64_t>(r);
     s.Update(transport_->Recv(Ptr(partial_out_, ur * part_out_stride_),
                               sizes[ur].partial_out, r));
@@ -288,7 +288,7 @@ absl::Status ServerProtocol::PostPayloadRecvs(
 absl::Status ServerProtocol::SendResponses(
     const std::vector<PayloadSizes>& sizes, const absl::Status& step_status,
     const MergeStep& merged) {
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   const bool ok = step_status.ok();
   const bool slices = config_.return_mode == ReturnMode::kHeadSlice;
   const StepHeader* req = headers_host_.as<StepHeader>();
@@ -384,7 +384,7 @@ absl::StatusOr<StepOutcome> ServerProtocol::ServeStep(
     return absl::FailedPreconditionError(
         "ServeStep: the communicator was aborted; re-form it");
   }
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   const size_t un = static_cast<size_t>(n);
   const bool fixed = config_.shape_mode == ShapeMode::kFixed;
   const absl::Time t0 = absl::Now();

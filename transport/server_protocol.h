@@ -62,8 +62,8 @@ struct MergeStep {
   const ProtocolConfig* config = nullptr;
 
   int32_t num_parts = 0;
-  const void* partial_out[kMaxRanks] = {};   // [T,H,D], input elem bytes
-  const float* partial_lse[kMaxRanks] = {};  // T*H, config->lse_layout
+  const void* partial_out[kMaxParts] = {};   // [T,H,D], input elem bytes
+  const float* partial_lse[kMaxParts] = {};  // T*H, config->lse_layout
   uint64_t partial_out_bytes = 0;            // each part
   uint64_t partial_lse_bytes = 0;
 
@@ -118,8 +118,8 @@ struct StepOutcome {
 
 class ServerProtocol {
  public:
-  // `transport` must have world_size == config.num_ranks + 1 and rank ==
-  // config.num_ranks; it must outlive this object. Allocates every buffer
+  // `transport` must have num_parties == config.num_parts + 1 and rank ==
+  // config.num_parts; it must outlive this object. Allocates every buffer
   // for max_tokens up front.
   static absl::StatusOr<std::unique_ptr<ServerProtocol>> Create(
       Transport* transport, const ProtocolConfig& config, MergeFn merge,
@@ -134,7 +134,7 @@ class ServerProtocol {
   //   FAILED_PRECONDITION: the transport was already aborted.
   absl::StatusOr<StepOutcome> ServeStep(absl::Time header_deadline);
 
-  // Switches to a new configuration between steps (same num_ranks);
+  // Switches to a new configuration between steps (same num_parts);
   // reallocates buffers unless only config_version changed.
   absl::Status Reconfigure(const ProtocolConfig& config);
 
@@ -147,7 +147,7 @@ class ServerProtocol {
   //   anything else: the step's status for every rank.
   // Exposed for tests and for the server's diagnostics.
   static absl::Status Validate(const ProtocolConfig& config,
-                               const StepHeader* headers, int num_ranks);
+                               const StepHeader* headers, int num_parts);
 
   ~ServerProtocol();
 

@@ -4,7 +4,7 @@
 // fake (fake_transport.h) that tests use without GPUs.
 //
 // Semantics every implementation keeps:
-// - One Transport is one party (rank) of one communicator of world_size
+// - One Transport is one party (rank) of one communicator of num_parties
 //   parties. A communicator is never repaired: after Abort (or an error) every
 //   call fails with UNAVAILABLE and the parties re-form a new one.
 // - Work is enqueued on one ordered queue (a CUDA stream for NCCL) and the
@@ -89,7 +89,7 @@ class Transport {
   virtual ~Transport() = default;
 
   virtual int rank() const = 0;
-  virtual int world_size() const = 0;
+  virtual int num_parties() const = 0;
 
   // Memory Send/Recv may use (device memory for NCCL). Zero-initialised is
   // not promised. A request of 0 bytes yields a small valid allocation.

@@ -1,8 +1,8 @@
 // A DCP rank in ~60 lines: join a merge group, merge a few steps, read the
 // FP8 result back.
 //
-// Try it with a one-rank group:
-//   bazel run //server:dcpmerge_server -- --world_size=1 --num_heads=8 \
+// Try it with a one-rank group (the server's command is one line):
+//   bazel run //server:dcpmerge_server -- --world_size=1 --num_heads=8
 //       --head_size=128 --max_tokens=16 --rank_address=127.0.0.1:50051 &
 //   bazel run //client/examples:merge_example -- --target=127.0.0.1:50051
 #include <cmath>
@@ -16,14 +16,14 @@
 
 ABSL_FLAG(std::string, target, "127.0.0.1:50051", "Merge server rank address");
 ABSL_FLAG(int32_t, rank, 0, "This rank");
-ABSL_FLAG(int32_t, world_size, 1, "Ranks in the group");
+ABSL_FLAG(int32_t, world_size, 1, "Ranks in the group (N)");
 
 int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
   dcpmerge::RankClientOptions options;
   options.target = absl::GetFlag(FLAGS_target);
   options.rank = absl::GetFlag(FLAGS_rank);
-  options.world_size = absl::GetFlag(FLAGS_world_size);
+  options.num_parts = absl::GetFlag(FLAGS_world_size);
 
   // 1. Connect and join; the join reply carries the group's shape.
   auto client = dcpmerge::RankClient::Connect(options);

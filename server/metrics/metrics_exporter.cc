@@ -8,15 +8,12 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/names.h"
 #include "prometheus/collectable.h"
 #include "prometheus/exposer.h"
 
 namespace dcpmerge::metrics {
 namespace {
-
-static_assert(static_cast<int>(Phase::kReceive) == 0 && static_cast<int>(Phase::kMerge) == 1 &&
-                  static_cast<int>(Phase::kSend) == 2 && static_cast<int>(Phase::kTotal) == 3,
-              "kPhaseNames follows server/stats.h's Phase");
 
 using prometheus::ClientMetric;
 using prometheus::MetricFamily;
@@ -47,15 +44,9 @@ MetricFamily Single(const std::string& name, const std::string& help, MetricType
   return f;
 }
 
-const char* DataPlaneName(v1::DataPlane p) {
-  switch (p) {
-    case v1::DATA_PLANE_GRPC:
-      return "grpc";
-    case v1::DATA_PLANE_NCCL:
-      return "nccl";
-    default:
-      return "unspecified";
-  }
+std::string DataPlaneName(v1::DataPlane p) {
+  const absl::string_view name = NameOf(kDataPlaneNames, p);
+  return name.empty() ? "unspecified" : std::string(name);
 }
 
 }  // namespace

@@ -24,7 +24,6 @@
 #include "absl/status/statusor.h"
 #include "dcpmerge/v1/admin.pb.h"
 #include "prometheus/metric_family.h"
-#include "server/stats.h"
 
 namespace prometheus {
 class Exposer;
@@ -32,7 +31,8 @@ class Exposer;
 
 namespace dcpmerge::metrics {
 
-// Label values of the phases, indexed by server/stats.h's Phase.
+// Label values of the step phases (LatencyHistograms::Observe's index; the
+// server maps its own phases onto them).
 inline constexpr std::array<const char*, 4> kPhaseNames = {"receive", "merge", "send", "total"};
 
 // States of the NCCL communicator exported as dcpmerge_nccl_communicator_state
@@ -42,9 +42,8 @@ inline constexpr std::array<const char*, 5> kNcclStates = {"unused", "uninitiali
                                                            "aborted"};
 
 // Cumulative latency histograms, one per phase, fixed buckets. Observe is
-// thread-safe and lock-free. Hooked into the server's Stats as its
-// LatencyObserver.
-class LatencyHistograms : public LatencyObserver {
+// thread-safe and lock-free. The server feeds it from its Stats.
+class LatencyHistograms {
  public:
   // Upper bounds in microseconds (+Inf is implicit): 10 us .. 10 s.
   static constexpr std::array<double, 19> kBoundsUs = {
@@ -53,7 +52,6 @@ class LatencyHistograms : public LatencyObserver {
 
   // phase: index into kPhaseNames. Negative or NaN durations count as 0.
   void Observe(int phase, double us);
-  void ObserveLatency(Phase phase, double us) override { Observe(static_cast<int>(phase), us); }
 
   // One prometheus histogram family (dcpmerge_step_phase_duration_seconds).
   prometheus::MetricFamily Collect() const;

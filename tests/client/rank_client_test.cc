@@ -2,10 +2,11 @@
 
 #include <thread>
 
+#include "client/rank_device.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
-#include "server/merge_server.h"
+#include "base/log.h"
+#include "embed/embedded_server.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"
 
@@ -19,13 +20,11 @@ class RankClientTest : public ::testing::Test {
  protected:
   void SetUp() override {
     SetLogQuiet(true);
-    MergeServerOptions o;
-    o.rank_address = "127.0.0.1:0";
-    o.admin_address = "127.0.0.1:0";
+    EmbeddedServerOptions o;
     o.backend = "cpu";
     o.initial_config = testing::SmallConfig(2);
     o.step_timeout = absl::Seconds(10);
-    auto s = MergeServer::Start(o);
+    auto s = EmbeddedServer::Start(o);
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
   }
@@ -33,7 +32,7 @@ class RankClientTest : public ::testing::Test {
     RankClientOptions o;
     o.target = absl::StrCat("127.0.0.1:", server_->rank_port());
     o.rank = rank;
-    o.world_size = 2;
+    o.num_parts = 2;
     o.merge_timeout = merge_timeout;
     auto c = RankClient::Connect(o);
     EXPECT_TRUE(c.ok());
@@ -43,14 +42,14 @@ class RankClientTest : public ::testing::Test {
     const testing::PartData p = testing::MakePart(3, step, rank, kT, kH, kD);
     return c->Merge(step, 0, kT, p.out.data(), p.out.size(), p.lse.data(), p.lse.size());
   }
-  std::unique_ptr<MergeServer> server_;
+  std::unique_ptr<EmbeddedServer> server_;
 };
 
 TEST_F(RankClientTest, ConnectValidatesOptions) {
   RankClientOptions o;
   EXPECT_THAT(std::string(RankClient::Connect(o).status().message()), HasSubstr("target"));
   o.target = "127.0.0.1:1";
-  o.world_size = 2;
+  o.num_parts = 2;
   o.rank = 2;
   EXPECT_THAT(std::string(RankClient::Connect(o).status().message()), HasSubstr("rank"));
 }
@@ -81,13 +80,13 @@ TEST_F(RankClientTest, ConcurrentStepsOnOneClient) {
   std::atomic<int> ok{0};
   for (int t = 0; t < 4; ++t) {
     th.emplace_back([&, t] {
-      for (uint64_t s = t * 10; s < t * 10 + 5; ++s) {
+      for (uint64_t s = t * 10u; s < t * 10u + 5; ++s) {
         auto a = Merge(c0.get(), 0, s);
         ok += a.ok();
       }
     });
     th.emplace_back([&, t] {
-      for (uint64_t s = t * 10; s < t * 10 + 5; ++s) {
+      for (uint64_t s = t * 10u; s < t * 10u + 5; ++s) {
         auto b = Merge(c1.get(), 1, s);
         ok += b.ok();
       }
@@ -127,20 +126,29 @@ TEST_F(RankClientTest, ServerShutdownGivesUnavailable) {
   EXPECT_EQ(again.status().code(), absl::StatusCode::kUnavailable) << again.status();
 }
 
-#if defined(DCPMERGE_WITH_NCCL)
 TEST_F(RankClientTest, DevicePathNeedsJoinAndAnNcclGroup) {
   auto c = Client(0);
-  EXPECT_EQ(c->ConnectDevice().code(), absl::StatusCode::kFailedPrecondition);
-  DeviceMergeStep step;
-  EXPECT_EQ(c->MergeOnDevice(step, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
+  auto d = RankDevice::Create(c.get(), {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(RankDevice::Create(c.get(), {}).status().code(), absl::StatusCode::kFailedPrecondition);  // one per client
+  EXPECT_EQ((*d)->Connect().code(), absl::StatusCode::kFailedPrecondition);
+  transport::RankStep step;
+  EXPECT_EQ((*d)->Merge(step, nullptr).status().code(), absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(c->Join().ok());
   // This server runs the gRPC data plane.
-  const absl::Status st = c->ConnectDevice();
+  const absl::Status st = (*d)->Connect();
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
   EXPECT_THAT(std::string(st.message()), HasSubstr("Merge()"));
-  EXPECT_EQ(c->DeviceSizes(1).status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ((*d)->Sizes(1).status().code(), absl::StatusCode::kFailedPrecondition);
 }
-#endif
+
+TEST_F(RankClientTest, DeviceOutlivingItsClientIsHarmless) {
+  auto c = Client(0);
+  auto d = RankDevice::Create(c.get(), {});
+  ASSERT_TRUE(d.ok()) << d.status();
+  c.reset();  // tells the device to forget the client
+  EXPECT_EQ((*d)->Connect().code(), absl::StatusCode::kFailedPrecondition);
+}
 
 }  // namespace
 }  // namespace dcpmerge

@@ -78,11 +78,11 @@ struct ServerProcess {
   std::string target() const { return absl::StrCat("127.0.0.1:", rank_port); }
 };
 
-ServerProcess StartServer(int world_size, int64_t step_timeout_ms = 3000) {
+ServerProcess StartServer(int num_parts, int64_t step_timeout_ms = 3000) {
   ServerProcess s;
-  const std::string ready = TmpPath(absl::StrCat("ready", world_size, "-", absl::ToUnixNanos(absl::Now())));
+  const std::string ready = TmpPath(absl::StrCat("ready", num_parts, "-", absl::ToUnixNanos(absl::Now())));
   s.pid = Spawn({ServerBinary(), "--rank_address=127.0.0.1:0", "--admin_address=127.0.0.1:0",
-                 absl::StrCat("--world_size=", world_size), absl::StrCat("--num_heads=", kH),
+                 absl::StrCat("--world_size=", num_parts), absl::StrCat("--num_heads=", kH),
                  absl::StrCat("--head_size=", kD), absl::StrCat("--max_tokens=", kT), "--input_dtype=bf16",
                  "--output_mode=fp8_per_tensor", absl::StrCat("--default_scale=", kScale), "--backend=cpu",
                  absl::StrCat("--step_timeout_ms=", step_timeout_ms), "--heartbeat_timeout_ms=3000",
@@ -143,7 +143,7 @@ int RankChildMain(const std::vector<std::string>& a) {
   RankClientOptions o;
   o.target = a[0];
   o.rank = rank;
-  o.world_size = world;
+  o.num_parts = world;
   o.replace_existing = a[7] == "1";
   o.merge_timeout = absl::Seconds(20);
   auto c = RankClient::Connect(o);
@@ -269,7 +269,7 @@ TEST(E2ETest, SigtermFailsInFlightStepsAndExitsZero) {
     RankClientOptions o;
     o.target = s.target();
     o.rank = r;
-    o.world_size = kN;
+    o.num_parts = kN;
     o.merge_timeout = absl::Seconds(20);
     auto c = RankClient::Connect(o);
     ASSERT_TRUE(c.ok());

@@ -21,7 +21,7 @@ std::shared_ptr<const ConfigSnapshot> Configured(ConfigStore& store, int n) {
 JoinInfo Info(int rank, int n) {
   JoinInfo j;
   j.rank = rank;
-  j.world_size = n;
+  j.num_parts = n;
   j.host = "test";
   return j;
 }

@@ -9,7 +9,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"
@@ -49,7 +49,7 @@ class MergeServerTest : public ::testing::Test {
     RankClientOptions o;
     o.target = rank_target_;
     o.rank = rank;
-    o.world_size = n;
+    o.num_parts = n;
     o.rpc_timeout = absl::Seconds(5);
     return RankClient::Connect(o);
   }
@@ -191,13 +191,13 @@ TEST_F(MergeServerTest, BadJoins) {
   RankClientOptions o;
   o.target = rank_target_;
   o.rank = 0;
-  o.world_size = 3;
+  o.num_parts = 3;
   auto c = RankClient::Connect(o);
   ASSERT_TRUE(c.ok());
   absl::Status st = (*c)->Join();
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(st.message()), HasSubstr("world_size"));
-  o.world_size = 2;
+  o.num_parts = 2;
   o.expected_config_hash = 42;
   auto h = RankClient::Connect(o);
   st = (*h)->Join();

@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/rank_client.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 #include "tests/server/test_config.h"
 
@@ -50,7 +50,7 @@ class TlsTest : public ::testing::Test {
     RankClientOptions o;
     o.target = absl::StrCat("127.0.0.1:", server_->rank_port());
     o.rank = 0;
-    o.world_size = 1;
+    o.num_parts = 1;
     o.rpc_timeout = absl::Seconds(2);
     o.use_tls = true;
     o.tls_root_ca_file = dir_ + "/ca.pem";

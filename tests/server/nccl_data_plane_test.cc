@@ -1,6 +1,6 @@
 // The NCCL data plane end to end, in process, without GPUs: the whole
 // MergeServer (gRPC control plane on loopback, --data_plane=nccl) and N
-// RankClients on the device path, their communicators made by one
+// ranks (RankClient + RankDevice), their communicators made by one
 // transport::FakeHub (NCCL's bootstrap and p2p semantics over host memory).
 // Outputs are checked against MergeOnCpu; failures (bad steps, a dead rank,
 // shutdown) against the protocol's promises.
@@ -15,11 +15,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "client/rank_client.h"
+#include "client/rank_device.h"
 #include "dcpmerge/v1/control.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
-#include "server/log.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"
@@ -33,14 +34,20 @@ using ::testing::HasSubstr;
 constexpr int kH = 2, kD = 64;  // SmallConfig
 constexpr float kScale = 0.05f;
 
-TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
+// A CPU-backend server of 2 ranks on the NCCL plane, loopback.
+MergeServerOptions NcclCpuOptions() {
   SetLogQuiet(true);
   MergeServerOptions o;
   o.rank_address = "127.0.0.1:0";
   o.admin_address = "127.0.0.1:0";
   o.backend = "cpu";
-  o.data_plane = "nccl";  // real NCCL: partials arrive in GPU memory
+  o.data_plane = "nccl";
   o.initial_config = testing::SmallConfig(2);
+  return o;
+}
+
+TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
+  MergeServerOptions o = NcclCpuOptions();  // real NCCL: partials arrive in GPU memory
   auto s = MergeServer::Start(o);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
@@ -48,22 +55,14 @@ TEST(NcclPlaneStartTest, DeviceMemoryNeedsTheCudaBackend) {
 }
 
 TEST(NcclPlaneStartTest, FixedTokensBeyondMaxTokensRefusedAtStart) {
-  SetLogQuiet(true);
-  MergeServerOptions o;
-  o.rank_address = "127.0.0.1:0";
-  o.admin_address = "127.0.0.1:0";
-  o.backend = "cpu";
-  o.data_plane = "nccl";
+  MergeServerOptions o = NcclCpuOptions();
   o.nccl.factory = transport::FakeHub::Create()->Factory();
   o.nccl.fixed_tokens = 9;  // max_tokens 8
-  o.initial_config = testing::SmallConfig(2);
   auto s = MergeServer::Start(o);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument) << s.status();
   EXPECT_THAT(std::string(s.status().message()), HasSubstr("fixed_tokens"));
 }
-
-#if defined(DCPMERGE_WITH_NCCL)
 
 // One rank's "device" buffers (host memory: the fake transport's) and what
 // it got back.
@@ -95,42 +94,51 @@ class NcclPlaneTest : public ::testing::Test {
     ASSERT_TRUE(s.ok()) << s.status();
     server_ = std::move(*s);
     target_ = absl::StrCat("127.0.0.1:", server_->rank_port());
-    clients_.resize(n);
+    ranks_.resize(n);
   }
   void TearDown() override {
-    clients_.clear();
+    ranks_.clear();
     server_.reset();
   }
 
-  std::unique_ptr<RankClient> NewClient(int rank, bool heartbeat = true) {
+  // A rank: its client and the device path bound to it (destroyed first).
+  struct Rank {
+    std::unique_ptr<RankClient> client;
+    std::unique_ptr<RankDevice> device;
+  };
+
+  Rank NewRank(int rank, bool heartbeat = true) {
     RankClientOptions o;
     o.target = target_;
     o.rank = rank;
-    o.world_size = n_;
+    o.num_parts = n_;
     o.rpc_timeout = absl::Seconds(5);
     o.heartbeat = heartbeat;
-    o.nccl_factory = hub_->Factory();
-    o.nccl_init_timeout = absl::Seconds(5);
     auto c = RankClient::Connect(o);
     EXPECT_TRUE(c.ok()) << c.status();
-    return std::move(*c);
+    RankDeviceOptions d;
+    d.factory = hub_->Factory();
+    d.init_timeout = absl::Seconds(5);
+    auto device = RankDevice::Create(c->get(), d);
+    EXPECT_TRUE(device.ok()) << device.status();
+    return Rank{std::move(*c), std::move(*device)};
   }
 
   // Joins every rank (new clients where null), forms the communicator and
   // waits until the server reports the group ready.
   void JoinAndConnect(std::vector<int> already_joined = {}) {
     for (int r = 0; r < n_; ++r) {
-      if (clients_[r] == nullptr) clients_[r] = NewClient(r);
+      if (ranks_[r].client == nullptr) ranks_[r] = NewRank(r);
       if (std::find(already_joined.begin(), already_joined.end(), r) != already_joined.end()) continue;
-      absl::Status st = clients_[r]->Join();
+      absl::Status st = ranks_[r].client->Join();
       ASSERT_TRUE(st.ok()) << "rank " << r << ": " << st;
     }
     std::vector<absl::Status> st(n_);
     std::vector<std::thread> th;
-    for (int r = 0; r < n_; ++r) th.emplace_back([&, r] { st[r] = clients_[r]->ConnectDevice(); });
+    for (int r = 0; r < n_; ++r) th.emplace_back([&, r] { st[r] = ranks_[r].device->Connect(); });
     for (auto& t : th) t.join();
     for (int r = 0; r < n_; ++r) ASSERT_TRUE(st[r].ok()) << "rank " << r << ": " << st[r];
-    ASSERT_TRUE(clients_[0]->WaitForGroupReady(absl::Seconds(10)).ok());
+    ASSERT_TRUE(ranks_[0].client->WaitForGroupReady(absl::Seconds(10)).ok());
   }
 
   std::vector<testing::PartData> Parts(uint64_t step, int64_t tokens) {
@@ -153,17 +161,17 @@ class NcclPlaneTest : public ::testing::Test {
     for (int r : ranks) {
       const int64_t t = per_rank_tokens.empty() ? tokens : per_rank_tokens[r];
       own[r] = t == tokens ? parts[r] : testing::MakePart(11, step, r, t, kH, kD);
-      auto sizes = clients_[r]->DeviceSizes(t);
+      auto sizes = ranks_[r].device->Sizes(t);
       EXPECT_TRUE(sizes.ok()) << sizes.status();
       if (!sizes.ok()) continue;
       runs[r].out.assign(sizes->out, 0);
-      DeviceMergeStep s;
-      s.step = step;
+      transport::RankStep s;
+      s.step_id = step;
       s.num_tokens = t;
       s.partial_out = own[r].out.data();
-      s.lse = own[r].lse.data();
+      s.partial_lse = own[r].lse.data();
       s.out = runs[r].out.data();
-      auto ticket = clients_[r]->MergeOnDevice(s, nullptr);
+      auto ticket = ranks_[r].device->Merge(s, nullptr);
       if (!ticket.ok()) {
         runs[r].status = ticket.status();
         continue;
@@ -173,11 +181,11 @@ class NcclPlaneTest : public ::testing::Test {
     }
     for (int r : ranks) {
       if (!runs[r].status.ok()) continue;
-      runs[r].status = clients_[r]->WaitDevice(tickets[r], wait, &runs[r].info);
+      runs[r].status = ranks_[r].device->Wait(tickets[r], wait, &runs[r].info);
       if (runs[r].status.code() == absl::StatusCode::kUnavailable) continue;
       // After the stream work: CheckResponse reads the same answer.
       DeviceStepInfo again;
-      const absl::Status checked = clients_[r]->CheckResponse(tickets[r], &again);
+      const absl::Status checked = ranks_[r].device->CheckResponse(tickets[r], &again);
       EXPECT_EQ(checked, runs[r].status);
       EXPECT_EQ(again.step, runs[r].info.step);
       EXPECT_EQ(again.config_version, runs[r].info.config_version);
@@ -216,13 +224,13 @@ class NcclPlaneTest : public ::testing::Test {
   std::shared_ptr<transport::FakeHub> hub_;
   std::unique_ptr<MergeServer> server_;
   std::string target_;
-  std::vector<std::unique_ptr<RankClient>> clients_;
+  std::vector<Rank> ranks_;
 };
 
 TEST_F(NcclPlaneTest, OutputsEqualMergeOnCpu) {
   Start(3);
   JoinAndConnect();
-  const v1::JoinResponse j = clients_[1]->join_info();
+  const v1::JoinResponse j = ranks_[1].client->join_info();
   EXPECT_EQ(j.data_plane(), v1::DATA_PLANE_NCCL);
   EXPECT_FALSE(j.nccl_unique_id().empty());
   EXPECT_EQ(j.nccl_generation(), 1u);
@@ -250,24 +258,24 @@ TEST_F(NcclPlaneTest, OutputsEqualMergeOnCpu) {
 TEST_F(NcclPlaneTest, FixedShapeMode) {
   Start(2, /*fixed_tokens=*/4);
   JoinAndConnect();
-  EXPECT_TRUE(clients_[0]->join_info().nccl_fixed_shape());
-  EXPECT_EQ(clients_[0]->join_info().nccl_fixed_tokens(), 4);
+  EXPECT_TRUE(ranks_[0].client->join_info().nccl_fixed_shape());
+  EXPECT_EQ(ranks_[0].client->join_info().nccl_fixed_tokens(), 4);
   for (uint64_t step = 1; step <= 3; ++step) {
     auto parts = Parts(step, 4);
     ExpectMerged(Step(step, 4, parts), parts, 4, kScale, step);
   }
   // Other sizes are refused locally, before anything is enqueued.
-  auto sizes = clients_[0]->DeviceSizes(3);
+  auto sizes = ranks_[0].device->Sizes(3);
   ASSERT_TRUE(sizes.ok());
   std::vector<uint8_t> in(sizes->partial_out), out(sizes->out);
   std::vector<float> lse(sizes->partial_lse / 4);
-  DeviceMergeStep s;
-  s.step = 9;
+  transport::RankStep s;
+  s.step_id = 9;
   s.num_tokens = 3;
   s.partial_out = in.data();
-  s.lse = lse.data();
+  s.partial_lse = lse.data();
   s.out = out.data();
-  EXPECT_EQ(clients_[0]->MergeOnDevice(s, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ranks_[0].device->Merge(s, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   auto parts = Parts(4, 4);
   ExpectMerged(Step(4, 4, parts), parts, 4, kScale, 4);
 }
@@ -317,10 +325,10 @@ TEST_F(NcclPlaneTest, ScaleUpdateAppliesAtTheNextStep) {
 TEST_F(NcclPlaneTest, DeadRankFailsTheStepWithinTheDeadlineAndTheGroupReforms) {
   Start(3, -1, /*heartbeat=*/absl::Milliseconds(400));
   // Rank 2 heartbeats from a thread of the test, so it can die silently.
-  clients_[2] = NewClient(2, /*heartbeat=*/false);
-  ASSERT_TRUE(clients_[2]->Join().ok());
+  ranks_[2] = NewRank(2, /*heartbeat=*/false);
+  ASSERT_TRUE(ranks_[2].client->Join().ok());
   std::atomic<bool> alive{true};
-  const uint64_t session = clients_[2]->join_info().session_id();
+  const uint64_t session = ranks_[2].client->join_info().session_id();
   auto stub = v1::RankControl::NewStub(grpc::CreateChannel(target_, grpc::InsecureChannelCredentials()));
   std::thread beat([&] {
     while (alive.load()) {
@@ -335,7 +343,7 @@ TEST_F(NcclPlaneTest, DeadRankFailsTheStepWithinTheDeadlineAndTheGroupReforms) {
     }
   });
   JoinAndConnect({2});
-  const std::string first_id = clients_[0]->join_info().nccl_unique_id();
+  const std::string first_id = ranks_[0].client->join_info().nccl_unique_id();
   auto parts = Parts(1, 4);
   ExpectMerged(Step(1, 4, parts), parts, 4, kScale, 1);
 
@@ -361,9 +369,9 @@ TEST_F(NcclPlaneTest, DeadRankFailsTheStepWithinTheDeadlineAndTheGroupReforms) {
 
   // A replacement for rank 2, and the survivors, join again: a fresh id,
   // generation 2, a new communicator.
-  clients_[2] = NewClient(2);
+  ranks_[2] = NewRank(2);
   JoinAndConnect();
-  const v1::JoinResponse j = clients_[0]->join_info();
+  const v1::JoinResponse j = ranks_[0].client->join_info();
   EXPECT_EQ(j.nccl_generation(), 2u);
   EXPECT_NE(j.nccl_unique_id(), first_id);
   parts = Parts(3, 4);
@@ -376,20 +384,20 @@ TEST_F(NcclPlaneTest, RankThatLeavesMakesTheOthersRejoin) {
   JoinAndConnect();
   auto parts = Parts(1, 4);
   ExpectMerged(Step(1, 4, parts), parts, 4, kScale, 1);
-  ASSERT_TRUE(clients_[1]->Leave().ok());
+  ASSERT_TRUE(ranks_[1].client->Leave().ok());
   // Rank 0's session is ended by the server; its heartbeat thread aborts
   // its communicator, so a step enqueued now cannot hang.
   absl::Status st;
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   do {
     absl::SleepFor(absl::Milliseconds(20));
-    st = clients_[0]->last_heartbeat_status();
+    st = ranks_[0].client->last_heartbeat_status();
   } while (st.ok() && absl::Now() < deadline);
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   std::vector<RankRun> runs = Step(2, 4, Parts(2, 4), {}, {0});
   EXPECT_EQ(runs[0].status.code(), absl::StatusCode::kUnavailable) << runs[0].status;
-  EXPECT_THAT(std::string(runs[0].status.message()), HasSubstr("Join() and ConnectDevice() again"));
-  EXPECT_EQ(clients_[0]->ConnectDevice().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(runs[0].status.message()), HasSubstr("Join() and RankDevice::Connect() again"));
+  EXPECT_EQ(ranks_[0].device->Connect().code(), absl::StatusCode::kUnavailable);
   JoinAndConnect();
   parts = Parts(3, 4);
   ExpectMerged(Step(3, 4, parts), parts, 4, kScale, 3);
@@ -400,19 +408,19 @@ TEST_F(NcclPlaneTest, ShutdownAbortsTheCommunicatorCleanly) {
   JoinAndConnect();
   auto parts = Parts(1, 4);
   ExpectMerged(Step(1, 4, parts), parts, 4, kScale, 1);
-  const std::string id = clients_[0]->join_info().nccl_unique_id();
+  const std::string id = ranks_[0].client->join_info().nccl_unique_id();
   // Rank 0 is half way into step 2 (rank 1 never sends) when SIGTERM comes.
-  auto sizes = clients_[0]->DeviceSizes(4);
+  auto sizes = ranks_[0].device->Sizes(4);
   ASSERT_TRUE(sizes.ok());
   parts = Parts(2, 4);
   std::vector<uint8_t> out(sizes->out);
-  DeviceMergeStep s;
-  s.step = 2;
+  transport::RankStep s;
+  s.step_id = 2;
   s.num_tokens = 4;
   s.partial_out = parts[0].out.data();
-  s.lse = parts[0].lse.data();
+  s.partial_lse = parts[0].lse.data();
   s.out = out.data();
-  auto ticket = clients_[0]->MergeOnDevice(s, nullptr);
+  auto ticket = ranks_[0].device->Merge(s, nullptr);
   ASSERT_TRUE(ticket.ok()) << ticket.status();
   const absl::Time t0 = absl::Now();
   server_->Shutdown();
@@ -421,20 +429,13 @@ TEST_F(NcclPlaneTest, ShutdownAbortsTheCommunicatorCleanly) {
   // The rank learns it over the control plane (its heartbeats fail) and
   // its step ends UNAVAILABLE instead of waiting forever.
   const absl::Time t1 = absl::Now();
-  absl::Status st = clients_[0]->WaitDevice(*ticket, absl::Seconds(20));
+  absl::Status st = ranks_[0].device->Wait(*ticket, absl::Seconds(20));
   EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
   EXPECT_LT(absl::Now() - t1, absl::Seconds(8));
   server_.reset();
-  clients_.clear();
+  ranks_.clear();
 }
 
-#else  // !DCPMERGE_WITH_NCCL
-
-TEST(NcclPlaneTest, NeedsTheDeviceClient) {
-  GTEST_SKIP() << "built without CUDA/NCCL: RankClient has no device path to drive the NCCL plane";
-}
-
-#endif  // DCPMERGE_WITH_NCCL
 
 }  // namespace
 }  // namespace dcpmerge

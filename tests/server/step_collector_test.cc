@@ -61,7 +61,7 @@ class StepCollectorTest : public ::testing::Test {
     for (int r = 0; r < kN; ++r) {
       JoinInfo j;
       j.rank = r;
-      j.world_size = kN;
+      j.num_parts = kN;
       auto s = group_->Join(j, *store_.Current());
       ASSERT_TRUE(s.ok());
       sessions_[r] = *s;
@@ -117,7 +117,7 @@ TEST_F(StepCollectorTest, MergesOnceAndFansOut) {
   }
   EXPECT_EQ(backend_.calls.load(), 20);
   EXPECT_TRUE(collector_->WaitIdle(absl::Seconds(5)));
-  EXPECT_EQ(stats_.Snapshot().steps_ok(), 20u);
+  EXPECT_EQ(stats_.Snapshot().steps_ok, 20u);
 }
 
 // One row per bad part: every rank of the step gets the status naming the
@@ -180,7 +180,7 @@ TEST_F(StepCollectorTest, BadPartsFailTheWholeStepOnly) {
     }
     step += 2;
   }
-  EXPECT_EQ(stats_.Snapshot().errors_by_code().at("INVALID_ARGUMENT"), cases.size() * kN);
+  EXPECT_EQ(stats_.Snapshot().errors_by_code.at("INVALID_ARGUMENT"), cases.size() * kN);
 }
 
 TEST_F(StepCollectorTest, SessionRankAndConfigErrors) {

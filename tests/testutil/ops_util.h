@@ -178,7 +178,7 @@ inline absl::Status RunSteps(const std::string& target, int world, uint64_t firs
     RankClientOptions o;
     o.target = target;
     o.rank = r;
-    o.world_size = world;
+    o.num_parts = world;
     o.merge_timeout = absl::Seconds(20);
     auto c = RankClient::Connect(o);
     if (!c.ok()) return c.status();

@@ -29,7 +29,7 @@ TEST(FakeTransportTest, ConnectOncePerRank) {
   auto t = world->Connect(0);
   ASSERT_TRUE(t.ok());
   EXPECT_EQ((*t)->rank(), 0);
-  EXPECT_EQ((*t)->world_size(), 2);
+  EXPECT_EQ((*t)->num_parties(), 2);
   EXPECT_TRUE(absl::IsAlreadyExists(world->Connect(0).status()));
   EXPECT_TRUE(absl::IsInvalidArgument(world->Connect(2).status()));
 }

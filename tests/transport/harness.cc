@@ -134,33 +134,37 @@ void InputsFor(const ProtocolConfig& c, uint64_t step_id, int32_t layer,
 
 }  // namespace
 
-ProtocolConfig Fp32Config(int num_ranks) {
+namespace {
+
+// 8 heads of 16, up to 32 tokens, LSE back.
+ProtocolConfig SmallProtocolConfig(int num_parts) {
   ProtocolConfig c;
   c.config_version = 1;
-  c.num_ranks = num_ranks;
+  c.num_parts = num_parts;
   c.num_heads = 8;
   c.head_size = 16;
   c.max_tokens = 32;
+  c.return_lse = true;
+  return c;
+}
+
+}  // namespace
+
+ProtocolConfig Fp32Config(int num_parts) {
+  ProtocolConfig c = SmallProtocolConfig(num_parts);
   c.input_elem_bytes = 4;
   c.output_elem_bytes = 4;
   c.scale_layout = ScaleLayout::kNone;
-  c.return_lse = true;
   c.lse_layout = LseLayoutWire::kHeadsTokens;
   return c;
 }
 
-ProtocolConfig Fp8Config(int num_ranks, ScaleLayout scales) {
-  ProtocolConfig c;
-  c.config_version = 1;
-  c.num_ranks = num_ranks;
-  c.num_heads = 8;
-  c.head_size = 16;
-  c.max_tokens = 32;
+ProtocolConfig Fp8Config(int num_parts, ScaleLayout scales) {
+  ProtocolConfig c = SmallProtocolConfig(num_parts);
   c.input_elem_bytes = 2;
   c.output_elem_bytes = 1;
   c.scale_layout = scales;
   c.group_size = 8;
-  c.return_lse = true;
   c.lse_layout = LseLayoutWire::kTokensHeads;
   return c;
 }
@@ -202,7 +206,7 @@ absl::Status PatternMerge(MergeStep& step) {
 Harness::Harness(const ProtocolConfig& config, MergeFn merge,
                  ServerOptions options)
     : config_(config), merge_(merge ? std::move(merge) : MergeFn(ExactMerge)) {
-  const int n = config.num_ranks;
+  const int n = config.num_parts;
   world_ = FakeWorld::Create(n + 1);
   for (int r = 0; r < n; ++r) {
     rank_transports_.push_back(*world_->Connect(r));
@@ -264,7 +268,7 @@ void Harness::ExpectedFull(const StepSpec& spec, std::vector<uint8_t>* out,
                            std::vector<uint8_t>* out_lse) const {
   // The server's own callback, applied straight to the inputs: what the
   // ranks receive must be exactly this, sliced.
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   const PayloadSizes full = FullPayloadSizes(config_, spec.num_tokens);
   std::vector<std::vector<uint8_t>> parts(static_cast<size_t>(n));
   std::vector<std::vector<float>> lses(static_cast<size_t>(n));
@@ -352,7 +356,7 @@ void Harness::ExpectedForRank(const StepSpec& spec, int rank,
 }
 
 StepRun Harness::Run(const StepSpec& spec) {
-  const int n = config_.num_ranks;
+  const int n = config_.num_parts;
   StepRun run;
   run.ranks.resize(static_cast<size_t>(n));
   std::vector<std::thread> threads;

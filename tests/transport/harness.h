@@ -25,10 +25,10 @@ namespace testing {
 
 // fp32 input, fp32 passthrough output, merged LSE returned: the real merge
 // math, so outputs can be checked against an independent host computation.
-ProtocolConfig Fp32Config(int num_ranks);
+ProtocolConfig Fp32Config(int num_parts);
 // FP8-style output (1-byte codes) with the given scale layout and a
 // deterministic "merge" (see PatternMerge) for checking byte placement.
-ProtocolConfig Fp8Config(int num_ranks, ScaleLayout scales);
+ProtocolConfig Fp8Config(int num_parts, ScaleLayout scales);
 
 // Merge callbacks operating on host memory (the fake transport's).
 //   ExactMerge: the contract's math for fp32 in/out, any LSE layout, base e.

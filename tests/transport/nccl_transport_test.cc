@@ -125,7 +125,7 @@ TEST(NcclTransportTest, InitMissesItsDeadlineWhenAPeerNeverJoins) {
 ProtocolConfig OneRankConfig(ShapeMode mode, uint64_t version) {
   ProtocolConfig c;
   c.config_version = version;
-  c.num_ranks = 1;
+  c.num_parts = 1;
   c.num_heads = 32;
   c.head_size = 128;
   c.max_tokens = 64;

@@ -26,7 +26,7 @@ void ExpectRejected(Harness& h, const StepRun& run, absl::StatusCode code,
   ASSERT_TRUE(run.server.ok()) << run.server.status();
   EXPECT_EQ(run.server->step_status.code(), code) << run.server->step_status;
   EXPECT_EQ(run.server->step_status.message(), message);
-  for (int r = 0; r < h.config().num_ranks; ++r) {
+  for (int r = 0; r < h.config().num_parts; ++r) {
     SCOPED_TRACE(absl::StrCat("rank ", r));
     const RankResult& got = run.ranks[static_cast<size_t>(r)];
     EXPECT_EQ(got.status.code(), code) << got.status;
@@ -37,7 +37,7 @@ void ExpectRejected(Harness& h, const StepRun& run, absl::StatusCode code,
     EXPECT_FALSE(got.out.empty());
   }
   EXPECT_EQ(h.world().UnmatchedTransfers(), 0);
-  for (int r = 0; r <= h.config().num_ranks; ++r) EXPECT_TRUE(h.world().Idle(r));
+  for (int r = 0; r <= h.config().num_parts; ++r) EXPECT_TRUE(h.world().Idle(r));
 }
 
 void ExpectNextStepWorks(Harness& h, uint64_t step_id) {
@@ -47,7 +47,7 @@ void ExpectNextStepWorks(Harness& h, uint64_t step_id) {
   StepRun run = h.Run(spec);
   ASSERT_TRUE(run.server.ok()) << run.server.status();
   ASSERT_TRUE(run.server->step_status.ok()) << run.server->step_status;
-  for (int r = 0; r < h.config().num_ranks; ++r) {
+  for (int r = 0; r < h.config().num_parts; ++r) {
     ASSERT_TRUE(run.ranks[static_cast<size_t>(r)].status.ok());
     std::vector<uint8_t> out, scales, lse;
     h.ExpectedForRank(spec, r, &out, &scales, &lse);
@@ -59,7 +59,7 @@ void ExpectNextStepWorks(Harness& h, uint64_t step_id) {
 struct Mismatch {
   const char* name;
   ShapeMode mode;
-  int num_ranks;
+  int num_parts;
   void (*tweak)(int rank, RankStep* step);
   const char* message;
 };
@@ -68,7 +68,7 @@ class MismatchTest : public ::testing::TestWithParam<Mismatch> {};
 
 TEST_P(MismatchTest, EveryRankGetsInvalidArgumentAndTheNextStepWorks) {
   const Mismatch& m = GetParam();
-  ProtocolConfig c = Fp32Config(m.num_ranks);
+  ProtocolConfig c = Fp32Config(m.num_parts);
   c.shape_mode = m.mode;
   c.fixed_tokens = 16;
   Harness h(c);
@@ -152,7 +152,7 @@ TEST(ProtocolFailureTest, HeadSliceRejectionPoisonsEachRanksSlice) {
 // sizes it declares, and posts the receives it declares.
 absl::Status SendRawStep(Harness& h, int r, const StepHeader& header) {
   FakeTransport& t = h.rank_transport(r);
-  const int server = h.config().num_ranks;
+  const int server = h.config().num_parts;
   void* hdr = h.Scratch(r, sizeof(StepHeader));
   std::memcpy(hdr, &header, sizeof(header));
   const uint64_t sizes[] = {header.partial_out_bytes, header.partial_lse_bytes,
@@ -327,12 +327,12 @@ TEST(ProtocolFailureTest, RankDyingMidStepTimesOut) {
     void* hdr = hh.Scratch(r, sizeof(StepHeader));
     const StepHeader header = ValidHeader(hh.config(), r, spec);
     std::memcpy(hdr, &header, sizeof(header));
-    absl::Status s = t.Send(hdr, sizeof(StepHeader), hh.config().num_ranks);
+    absl::Status s = t.Send(hdr, sizeof(StepHeader), hh.config().num_parts);
     if (s.ok()) s = t.Wait(absl::Now() + absl::Seconds(5));
     if (!s.ok()) return s;
     hh.world().Kill(r);
     const uint64_t bytes = header.partial_out_bytes;
-    return t.Send(hh.Scratch(r, bytes), bytes, hh.config().num_ranks);
+    return t.Send(hh.Scratch(r, bytes), bytes, hh.config().num_parts);
   };
   StepRun run = h.Run(spec);
   ASSERT_FALSE(run.server.ok());

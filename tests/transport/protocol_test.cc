@@ -24,7 +24,7 @@ void ExpectStepMerged(Harness& h, const StepSpec& spec, const StepRun& run) {
   EXPECT_EQ(run.server->layer_id, spec.layer_id);
   EXPECT_EQ(run.server->num_tokens, spec.num_tokens);
   const ProtocolConfig& c = h.config();
-  for (int r = 0; r < c.num_ranks; ++r) {
+  for (int r = 0; r < c.num_parts; ++r) {
     SCOPED_TRACE(absl::StrCat("rank ", r, " step ", spec.step_id));
     const RankResult& got = run.ranks[static_cast<size_t>(r)];
     ASSERT_TRUE(got.status.ok()) << got.status;
@@ -45,7 +45,7 @@ void ExpectStepMerged(Harness& h, const StepSpec& spec, const StepRun& run) {
   }
   // Every send met its receive; every queue is drained.
   EXPECT_EQ(h.world().UnmatchedTransfers(), 0);
-  for (int r = 0; r <= c.num_ranks; ++r) EXPECT_TRUE(h.world().Idle(r));
+  for (int r = 0; r <= c.num_parts; ++r) EXPECT_TRUE(h.world().Idle(r));
 }
 
 class ProtocolTest : public ::testing::TestWithParam<int> {};
@@ -171,7 +171,7 @@ TEST(ProtocolTest, ReconfigureAppliesAtAStepBoundary) {
     EXPECT_EQ(r.response.config_version, 2u);
   }
   // A different world size is not a reconfiguration but a re-formation.
-  c.num_ranks = 4;
+  c.num_parts = 4;
   EXPECT_TRUE(absl::IsInvalidArgument(h.server().Reconfigure(c)));
 }
 

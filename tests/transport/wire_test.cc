@@ -130,7 +130,7 @@ TEST(WireTest, StatusRoundTripsAndTruncates) {
 
 ProtocolConfig BaseConfig() {
   ProtocolConfig c;
-  c.num_ranks = 3;
+  c.num_parts = 3;
   c.num_heads = 8;
   c.head_size = 128;
   c.max_tokens = 64;
@@ -148,7 +148,7 @@ TEST(LayoutTest, HeadSlicesCoverAllHeadsInOrder) {
       if (heads < ranks) continue;
       ProtocolConfig c = BaseConfig();
       c.num_heads = heads;
-      c.num_ranks = ranks;
+      c.num_parts = ranks;
       c.return_mode = ReturnMode::kHeadSlice;
       ASSERT_TRUE(ValidateProtocolConfig(c).ok());
       int next = 0;
@@ -215,10 +215,10 @@ TEST(LayoutTest, ValidateNamesTheField) {
   c.config_version = 0;
   EXPECT_EQ(field_of(c), "config_version");
   c = BaseConfig();
-  c.num_ranks = 0;
-  EXPECT_EQ(field_of(c), "num_ranks");
-  c.num_ranks = kMaxRanks + 1;
-  EXPECT_EQ(field_of(c), "num_ranks");
+  c.num_parts = 0;
+  EXPECT_EQ(field_of(c), "num_parts");
+  c.num_parts = kMaxParts + 1;
+  EXPECT_EQ(field_of(c), "num_parts");
   c = BaseConfig();
   c.group_size = 48;
   EXPECT_EQ(field_of(c), "group_size");

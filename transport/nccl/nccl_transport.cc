@@ -78,24 +78,24 @@ absl::StatusOr<std::string> NcclTransport::NewUniqueId() {
   return std::string(id.internal, sizeof(id.internal));
 }
 
-NcclTransport::NcclTransport(int world_size, int rank,
+NcclTransport::NcclTransport(int num_parties, int rank,
                              const NcclTransportOptions& options)
-    : world_size_(world_size), rank_(rank), options_(options) {}
+    : num_parties_(num_parties), rank_(rank), options_(options) {}
 
 absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(
-    absl::string_view unique_id, int world_size, int rank,
+    absl::string_view unique_id, int num_parties, int rank,
     const NcclTransportOptions& options, absl::Time init_deadline) {
   if (unique_id.size() != sizeof(ncclUniqueId)) {
     return absl::InvalidArgumentError(
         absl::StrCat("NCCL unique id has ", unique_id.size(),
                      " bytes, expected ", sizeof(ncclUniqueId)));
   }
-  if (world_size < 1 || rank < 0 || rank >= world_size) {
+  if (num_parties < 1 || rank < 0 || rank >= num_parties) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "rank ", rank, " of world size ", world_size, " is impossible"));
+        "rank ", rank, " of ", num_parties, " parties is impossible"));
   }
   std::unique_ptr<NcclTransport> t(
-      new NcclTransport(world_size, rank, options));
+      new NcclTransport(num_parties, rank, options));
   DeviceGuard guard(options.device);
   cudaError_t e = cudaSetDevice(options.device);
   if (e != cudaSuccess) return CudaError("cudaSetDevice", e);
@@ -117,7 +117,7 @@ absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(
   ncclResult_t r;
   {
     std::lock_guard<std::mutex> lock(NcclHostMutex());
-    r = ncclCommInitRankConfig(&comm, world_size, id, rank, &config);
+    r = ncclCommInitRankConfig(&comm, num_parties, id, rank, &config);
   }
   t->comm_ = comm;
   if (r != ncclSuccess && r != ncclInProgress) {
@@ -142,14 +142,14 @@ absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(
     }
     if (options.cancel != nullptr && options.cancel->load()) {
       const std::string why = absl::StrCat(
-          "NCCL communicator init (rank ", rank, " of ", world_size,
+          "NCCL communicator init (rank ", rank, " of ", num_parties,
           ") cancelled");
       t->Abort(why);
       return absl::CancelledError(why);
     }
     if (absl::Now() >= init_deadline) {
       const std::string why = absl::StrCat(
-          "NCCL communicator init (rank ", rank, " of ", world_size,
+          "NCCL communicator init (rank ", rank, " of ", num_parties,
           ") did not complete by its deadline");
       t->Abort(why);
       return absl::DeadlineExceededError(why);
@@ -229,9 +229,9 @@ absl::Status NcclTransport::Usable() const {
 
 absl::Status NcclTransport::CheckPeer(int peer, size_t bytes,
                                       const void* data) const {
-  if (peer < 0 || peer >= world_size_) {
+  if (peer < 0 || peer >= num_parties_) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "peer ", peer, " is outside 0..", world_size_ - 1));
+        "peer ", peer, " is outside 0..", num_parties_ - 1));
   }
   if (bytes > 0 && data == nullptr) {
     return absl::InvalidArgumentError("null buffer");
@@ -445,9 +445,9 @@ absl::Status NoNccl() {
 
 absl::StatusOr<std::string> NcclTransport::NewUniqueId() { return NoNccl(); }
 
-NcclTransport::NcclTransport(int world_size, int rank,
+NcclTransport::NcclTransport(int num_parties, int rank,
                              const NcclTransportOptions& options)
-    : world_size_(world_size), rank_(rank), options_(options) {}
+    : num_parties_(num_parties), rank_(rank), options_(options) {}
 
 absl::StatusOr<std::unique_ptr<NcclTransport>> NcclTransport::Create(
     absl::string_view, int, int, const NcclTransportOptions&, absl::Time) {
@@ -485,13 +485,13 @@ CommunicatorFactory MakeNcclCommunicatorFactory(
     const NcclTransportOptions& options) {
   CommunicatorFactory f;
   f.new_unique_id = [] { return NcclTransport::NewUniqueId(); };
-  f.create = [options](const std::string& unique_id, int world_size, int rank,
+  f.create = [options](const std::string& unique_id, int num_parties, int rank,
                        absl::Time deadline, const std::atomic<bool>* cancel)
       -> absl::StatusOr<std::unique_ptr<Transport>> {
     NcclTransportOptions o = options;
     o.cancel = cancel;
     absl::StatusOr<std::unique_ptr<NcclTransport>> t =
-        NcclTransport::Create(unique_id, world_size, rank, o, deadline);
+        NcclTransport::Create(unique_id, num_parties, rank, o, deadline);
     if (!t.ok()) return t.status();
     return std::unique_ptr<Transport>(std::move(*t));
   };

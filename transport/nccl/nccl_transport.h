@@ -63,19 +63,19 @@ class NcclTransport final : public Transport {
   // control plane to hand out; made by the server for every (re-)formation.
   static absl::StatusOr<std::string> NewUniqueId();
 
-  // Joins the communicator `unique_id` as `rank` of `world_size`. Every party
+  // Joins the communicator `unique_id` as `rank` of `num_parties`. Every party
   // must call this (one thread or process each) before `init_deadline`;
   // otherwise the half-made communicator is aborted and DEADLINE_EXCEEDED
   // returned.
   static absl::StatusOr<std::unique_ptr<NcclTransport>> Create(
-      absl::string_view unique_id, int world_size, int rank,
+      absl::string_view unique_id, int num_parties, int rank,
       const NcclTransportOptions& options, absl::Time init_deadline);
 
   // Aborts if not idle and healthy; otherwise finalises and destroys.
   ~NcclTransport() override;
 
   int rank() const override { return rank_; }
-  int world_size() const override { return world_size_; }
+  int num_parties() const override { return num_parties_; }
 
   absl::StatusOr<Buffer> AllocateDevice(size_t bytes) override;
   absl::StatusOr<Buffer> AllocateHost(size_t bytes) override;
@@ -105,12 +105,12 @@ class NcclTransport final : public Transport {
     int peer;
   };
 
-  NcclTransport(int world_size, int rank, const NcclTransportOptions& options);
+  NcclTransport(int num_parties, int rank, const NcclTransportOptions& options);
   absl::Status Issue(const std::vector<P2P>& ops);
   absl::Status Usable() const;
   absl::Status CheckPeer(int peer, size_t bytes, const void* data) const;
 
-  const int world_size_;
+  const int num_parties_;
   const int rank_;
   const NcclTransportOptions options_;
   void* comm_ = nullptr;    // ncclComm_t

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "client/rank_client.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "gmock/gmock.h"
@@ -30,6 +31,18 @@ Exposition Scrape(int port) {
   testing::HttpResponse r = HttpGet(port, "/metrics");
   EXPECT_EQ(r.status, 200) << r.body;
   return ParseExposition(r.body);
+}
+
+// A rank can have its answer before the server's writer thread has recorded
+// the send: scrape until `series` reaches `want` (or 5 s passed).
+Exposition ScrapeUntil(int port, const std::string& series, double want) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  Exposition e = Scrape(port);
+  while (e.Get(series) < want && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(10));
+    e = Scrape(port);
+  }
+  return e;
 }
 
 absl::Status MergeAll(std::vector<std::unique_ptr<RankClient>>& clients, uint64_t step, int32_t layer,
@@ -90,7 +103,7 @@ TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
     RankClientOptions o;
     o.target = server.rank_target();
     o.rank = r;
-    o.world_size = kWorld;
+    o.num_parts = kWorld;
     o.merge_timeout = absl::Seconds(20);
     auto c = RankClient::Connect(o);
     ASSERT_TRUE(c.ok()) << c.status();
@@ -101,7 +114,8 @@ TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
 
   constexpr int kSteps = 5;
   for (int s = 0; s < kSteps; ++s) ASSERT_TRUE(MergeAll(clients, 100 + s, 2, {kT, kT}).ok());
-  e = Scrape(server.metrics_port);
+  e = ScrapeUntil(server.metrics_port, "dcpmerge_step_phase_duration_seconds_count{phase=\"send\"}",
+                  kSteps * kWorld);
   EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"ok\"}"), kSteps);
   EXPECT_EQ(e.Get("dcpmerge_steps_total{result=\"failed\"}"), 0);
   EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), kWorld);

@@ -59,7 +59,7 @@ class CtlTest : public ::testing::Test {
   }
 
   v1::GetStatsResponse StatsJson() {
-    RunResult r = Ctl({"stats", "--json"});
+    RunResult r = Ctl({"stats", "-o", "json"});  // as --json
     EXPECT_EQ(r.exit_code, 0) << r.Describe();
     v1::GetStatsResponse s;
     EXPECT_TRUE(google::protobuf::util::JsonStringToMessage(r.out, &s).ok()) << r.out;
@@ -228,6 +228,47 @@ TEST_F(CtlTest, InvalidInputIsExitTwoAndChangesNothing) {
 
 // Rotation: the server re-reads --admin_token_file (every 2 s, and at once on
 // SIGHUP); an emptied file keeps the current token.
+TEST_F(CtlTest, OutputJsonSpellings) {
+  ConfigureSmall();
+  const RunResult a = Ctl({"get-config", "--json"});
+  const RunResult b = Ctl({"get-config", "-o", "json"});
+  const RunResult c = Ctl({"get-config", "--output=json"});
+  ASSERT_EQ(a.exit_code, 0) << a.Describe();
+  v1::GetConfigResponse ja, jb, jc;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(a.out, &ja).ok()) << a.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(b.out, &jb).ok()) << b.out;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(c.out, &jc).ok()) << c.out;
+  EXPECT_EQ(ja.config_version(), jb.config_version());
+  EXPECT_EQ(ja.config_version(), jc.config_version());
+  const RunResult table = Ctl({"get-config", "-o", "table"});
+  EXPECT_EQ(table.exit_code, 0);
+  EXPECT_THAT(table.out, HasSubstr("world_size 2, num_heads 2"));
+  EXPECT_EQ(Ctl({"stats", "-o", "yaml"}).exit_code, 2);
+  EXPECT_EQ(Ctl({"drain", "-o", "json"}).exit_code, 2);  // drain prints no table
+}
+
+// Help and version are answered locally: no server, no token.
+TEST(CtlHelpTest, PerCommandHelpAndTheHelpAndVersionCommands) {
+  const std::string ctl = testing::Runfile("tools/dcpmergectl/dcpmergectl");
+  const RunResult h = RunProcess({ctl, "stats", "--help"});
+  EXPECT_EQ(h.exit_code, 0) << h.Describe();
+  EXPECT_THAT(h.out, HasSubstr("usage: dcpmergectl [FLAGS] stats"));
+  EXPECT_THAT(h.out, HasSubstr("--output"));
+  EXPECT_THAT(h.out, ::testing::Not(HasSubstr("--replace")));
+  const RunResult hc = RunProcess({ctl, "help", "set-scales"});
+  EXPECT_EQ(hc.exit_code, 0) << hc.Describe();
+  EXPECT_THAT(hc.out, HasSubstr("--replace"));
+  const RunResult all = RunProcess({ctl, "help"});
+  EXPECT_EQ(all.exit_code, 0);
+  EXPECT_THAT(all.out, HasSubstr("exit codes:"));
+  EXPECT_EQ(RunProcess({ctl, "help", "no-such-command"}).exit_code, 2);
+  for (const char* spelling : {"version", "--version"}) {
+    const RunResult v = RunProcess({ctl, spelling});
+    EXPECT_EQ(v.exit_code, 0) << v.Describe();
+    EXPECT_THAT(v.out, ::testing::MatchesRegex("dcpmergectl 0\\.2\\.0 \\(commit (unknown|[0-9a-f]+(-dirty)?)\\)\n"));
+  }
+}
+
 TEST(CtlTokenRotationTest, ServerPicksUpANewTokenFile) {
   const std::string server_token = testing::TmpPath("server-token");
   const std::string old_token = testing::TmpPath("old"), new_token = testing::TmpPath("new");

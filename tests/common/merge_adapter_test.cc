@@ -1,6 +1,7 @@
-// The data plane with the real merge: ProtocolConfig from a MergeConfig, the
-// server's callback running the CPU reference (MergeOnCpu) on ToMergeArgs.
-#include "transport/merge_adapter.h"
+// The NCCL data plane's protocol with the real merge: ProtocolConfig from a
+// MergeConfig (and from a GroupSpec), the server's callback running the CPU
+// reference (MergeOnCpu) on ToMergeArgs.
+#include "common/merge_adapter.h"
 
 #include <string>
 #include <vector>
@@ -8,14 +9,25 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "common/group_spec.h"
 #include "kernels/merge_contract.h"
 #include "kernels/merge_reference.h"
 #include "tests/transport/harness.h"
 
 namespace dcpmerge {
-namespace transport {
-namespace testing {
 namespace {
+
+using transport::FullPayloadSizes;
+using transport::MergeFn;
+using transport::MergeStep;
+using transport::PayloadSizes;
+using transport::ProtocolConfig;
+using transport::ReturnMode;
+using transport::ShapeMode;
+using transport::testing::Harness;
+using transport::testing::RankResult;
+using transport::testing::StepRun;
+using transport::testing::StepSpec;
 
 constexpr DType kDTypes[] = {DType::kFloat32, DType::kFloat16,
                              DType::kBFloat16};
@@ -24,9 +36,9 @@ constexpr OutputMode kModes[] = {OutputMode::kFp8PerTensor,
                                  OutputMode::kFp8PerGroup,
                                  OutputMode::kPassthrough};
 
-DataPlaneOptions Options(int ranks) {
-  DataPlaneOptions o;
-  o.num_ranks = ranks;
+ProtocolOptions Options(int ranks) {
+  ProtocolOptions o;
+  o.num_parts = ranks;
   o.num_heads = 8;
   o.head_size = 128;
   o.max_tokens = 32;
@@ -65,10 +77,37 @@ TEST(MergeAdapterTest, RejectsWhatTheContractRejects) {
   m.group_size = 96;  // the contract allows 64 or 128
   EXPECT_TRUE(absl::IsInvalidArgument(ToProtocolConfig(m, Options(3)).status()));
   m.group_size = 128;
-  DataPlaneOptions o = Options(3);
+  ProtocolOptions o = Options(3);
   o.num_heads = 2;
   o.return_mode = ReturnMode::kHeadSlice;  // fewer heads than ranks
   EXPECT_TRUE(absl::IsInvalidArgument(ToProtocolConfig(m, o).status()));
+}
+
+TEST(MergeAdapterTest, ProtocolConfigForAGroupSpec) {
+  v1::GroupConfig g = DefaultGroupConfig(4, 8, 128, 32);
+  g.set_return_mode(v1::RETURN_MODE_HEAD_SLICE);
+  g.set_return_lse(true);
+  absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(g);
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  absl::StatusOr<ProtocolConfig> dynamic = ProtocolConfigFor(*spec, 7, -1);
+  ASSERT_TRUE(dynamic.ok()) << dynamic.status();
+  EXPECT_EQ(dynamic->config_version, 7u);
+  EXPECT_EQ(dynamic->num_parts, 4);
+  EXPECT_EQ(dynamic->input_elem_bytes, 2);
+  EXPECT_EQ(dynamic->output_elem_bytes, 1);
+  EXPECT_TRUE(dynamic->return_lse);
+  EXPECT_EQ(dynamic->return_mode, ReturnMode::kHeadSlice);
+  EXPECT_EQ(dynamic->shape_mode, ShapeMode::kDynamic);
+  // Both planes hand out the same heads (base/head_slice.h).
+  for (int r = 0; r < 4; ++r) {
+    EXPECT_EQ(transport::RankHeads(*dynamic, r).begin, spec->Heads(r).begin);
+    EXPECT_EQ(transport::RankHeads(*dynamic, r).count, spec->Heads(r).count);
+  }
+  absl::StatusOr<ProtocolConfig> fixed = ProtocolConfigFor(*spec, 7, 5);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_EQ(fixed->shape_mode, ShapeMode::kFixed);
+  EXPECT_EQ(fixed->fixed_tokens, 5);
+  EXPECT_TRUE(absl::IsInvalidArgument(ProtocolConfigFor(*spec, 7, 33).status()));  // > max_tokens
 }
 
 struct Case {
@@ -89,7 +128,7 @@ TEST_P(MergeAdapterEndToEnd, RanksGetTheReferenceMerge) {
   m.output_mode = k.mode;
   m.group_size = 64;
   m.lse_layout = LseLayout::kTokensHeads;
-  DataPlaneOptions o = Options(k.ranks);
+  ProtocolOptions o = Options(k.ranks);
   o.return_mode = k.ret;
   o.shape_mode = k.shape;
   o.fixed_tokens = 9;
@@ -144,6 +183,4 @@ INSTANTIATE_TEST_SUITE_P(
     });
 
 }  // namespace
-}  // namespace testing
-}  // namespace transport
 }  // namespace dcpmerge

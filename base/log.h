@@ -1,7 +1,7 @@
-// Tiny logging for the server (abseil 20220623 has no absl/log): one line
-// per message on stderr, "I0102 15:04:05.123456 server] message".
-#ifndef DCPMERGE_SERVER_LOG_H_
-#define DCPMERGE_SERVER_LOG_H_
+// Tiny logging for every binary (abseil 20220623 has no absl/log): one line
+// per message on stderr, "I0102 15:04:05.123456 dcpmerge] message".
+#ifndef DCPMERGE_BASE_LOG_H_
+#define DCPMERGE_BASE_LOG_H_
 
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
@@ -31,4 +31,4 @@ void LogError(const absl::FormatSpec<Args...>& format, const Args&... args) {
 
 }  // namespace dcpmerge
 
-#endif  // DCPMERGE_SERVER_LOG_H_
+#endif  // DCPMERGE_BASE_LOG_H_

@@ -1,14 +1,17 @@
-#include "transport/merge_adapter.h"
+#include "common/merge_adapter.h"
 
 #include "absl/strings/str_cat.h"
 
 namespace dcpmerge {
-namespace transport {
+
+using transport::LseLayoutWire;
+using transport::ProtocolConfig;
+using transport::ScaleLayout;
 
 absl::StatusOr<ProtocolConfig> ToProtocolConfig(const MergeConfig& merge,
-                                                const DataPlaneOptions& dp) {
+                                                const ProtocolOptions& dp) {
   MergeShape shape;
-  shape.num_parts = dp.num_ranks;
+  shape.num_parts = dp.num_parts;
   shape.num_tokens = dp.max_tokens;
   shape.num_heads = dp.num_heads;
   shape.head_size = dp.head_size;
@@ -17,7 +20,7 @@ absl::StatusOr<ProtocolConfig> ToProtocolConfig(const MergeConfig& merge,
 
   ProtocolConfig c;
   c.config_version = dp.config_version;
-  c.num_ranks = dp.num_ranks;
+  c.num_parts = dp.num_parts;
   c.num_heads = dp.num_heads;
   c.head_size = dp.head_size;
   c.max_tokens = dp.max_tokens;
@@ -50,12 +53,29 @@ absl::StatusOr<ProtocolConfig> ToProtocolConfig(const MergeConfig& merge,
     default:
       return absl::InvalidArgumentError("output_mode: unknown value");
   }
-  s = ValidateProtocolConfig(c);
+  s = transport::ValidateProtocolConfig(c);
   if (!s.ok()) return s;
   return c;
 }
 
-MergeArgs ToMergeArgs(const MergeStep& step, const MergeConfig& merge,
+absl::StatusOr<ProtocolConfig> ProtocolConfigFor(const GroupSpec& spec, uint64_t config_version,
+                                                 int64_t fixed_tokens) {
+  ProtocolOptions o;
+  o.config_version = config_version;
+  o.num_parts = spec.num_parts;
+  o.num_heads = spec.num_heads;
+  o.head_size = spec.head_size;
+  o.max_tokens = spec.max_tokens;
+  o.return_lse = spec.return_lse;
+  o.return_mode = spec.head_slice ? transport::ReturnMode::kHeadSlice : transport::ReturnMode::kFull;
+  if (fixed_tokens >= 0) {
+    o.shape_mode = transport::ShapeMode::kFixed;
+    o.fixed_tokens = fixed_tokens;
+  }
+  return ToProtocolConfig(spec.merge, o);
+}
+
+MergeArgs ToMergeArgs(const transport::MergeStep& step, const MergeConfig& merge,
                       const float* static_scale) {
   MergeArgs a;
   a.shape.num_parts = step.num_parts;
@@ -81,5 +101,4 @@ MergeArgs ToMergeArgs(const MergeStep& step, const MergeConfig& merge,
   return a;
 }
 
-}  // namespace transport
 }  // namespace dcpmerge

@@ -1,6 +1,7 @@
-#include <cstring>
+#include "server/grpc_response.h"
 
-#include "server/data_plane.h"
+#include <cstring>
+#include <string>
 
 namespace dcpmerge {
 
@@ -19,20 +20,16 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   const int64_t T = r.num_tokens;
   const int64_t H = spec.num_heads;
   const int64_t D = spec.head_size;
-  int64_t hb = 0, hc = H;
-  if (spec.head_slice) {
-    if (rank < 0 || rank >= spec.world_size) {
-      out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
-      out->set_status_message("header.rank: the stream is not bound to a rank of the group");
-      return;
-    }
-    hc = H / spec.world_size;
-    hb = int64_t{rank} * hc;
+  if (spec.head_slice && (rank < 0 || rank >= spec.num_parts)) {
+    out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
+    out->set_status_message("header.rank: the stream is not bound to a rank of the group");
+    return;
   }
-  out->set_head_begin(static_cast<int32_t>(hb));
-  out->set_head_count(static_cast<int32_t>(hc));
-  const bool fp8 = spec.merge.output_mode != OutputMode::kPassthrough;
-  const int64_t es = fp8 ? 1 : (spec.merge.input_dtype == DType::kFloat32 ? 4 : 2);
+  const HeadRange heads = spec.Heads(rank);
+  const int64_t hb = heads.begin, hc = heads.count;
+  out->set_head_begin(heads.begin);
+  out->set_head_count(heads.count);
+  const int64_t es = spec.OutputElementBytes();
   if (hc == H) {
     out->set_output(r.output.data(), r.output.size());
     for (float s : r.scales) out->add_scales(s);

@@ -1,6 +1,6 @@
 // absl::Status <-> grpc::Status (same numeric codes).
-#ifndef DCPMERGE_SERVER_GRPC_STATUS_H_
-#define DCPMERGE_SERVER_GRPC_STATUS_H_
+#ifndef DCPMERGE_BASE_GRPC_STATUS_H_
+#define DCPMERGE_BASE_GRPC_STATUS_H_
 
 #include <string>
 
@@ -21,4 +21,4 @@ inline absl::Status FromGrpcStatus(const grpc::Status& s) {
 
 }  // namespace dcpmerge
 
-#endif  // DCPMERGE_SERVER_GRPC_STATUS_H_
+#endif  // DCPMERGE_BASE_GRPC_STATUS_H_
