@@ -78,7 +78,7 @@ struct KernelTable {
 template <typename T>
 struct DTypeKernels {
   KernelTable<T, kSmallPartTable, 2, 4, 8, 16> small;
-  KernelTable<T, kKernelMaxParts, 4, 16> full;
+  KernelTable<T, kMaxParts, 4, 16> full;
 };
 
 struct DeviceInfo {
@@ -316,7 +316,7 @@ cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype, in
                               cudaStream_t stream, const MergeLaunchOptions& options) {
   const MergeProblem& p = params.problem;
   if (dtype < kKernelF32 || dtype > kKernelBF16 || mode < kModeFp8PerTensor ||
-      mode > kModePassthrough || p.num_parts < 1 || p.num_parts > kKernelMaxParts ||
+      mode > kModePassthrough || p.num_parts < 1 || p.num_parts > kMaxParts ||
       p.num_heads < 1 || p.head_size < 1 || p.num_tokens < 0) {
     return cudaErrorInvalidValue;
   }

@@ -1,7 +1,7 @@
 // Plain C++ interface between the nvcc-compiled kernels (merge_kernel.cu)
 // and host code compiled by g++ (merge_launcher.cc, bench, tests). No absl,
 // no contract types: the enums below mirror merge_contract.h value by value
-// (merge_launcher.cc static_asserts that). Callers must have validated the
+// (merge_launcher.cc static_asserts that); N's limit is base/limits.h's. Callers must have validated the
 // arguments (MergeOnGpu does); the launch function only rejects what it
 // cannot run.
 #ifndef DCPMERGE_KERNELS_CUDA_MERGE_KERNEL_LAUNCH_H_
@@ -11,12 +11,10 @@
 
 #include <cstdint>
 
+#include "base/limits.h"
+
 namespace dcpmerge {
 namespace cuda {
-
-// The kernels' own copy of kMaxParts (merge_contract.h), which this header
-// cannot include; merge_launcher.cc asserts that the two agree.
-inline constexpr int kKernelMaxParts = 64;
 
 enum KernelDType : int32_t { kKernelF32 = 0, kKernelF16 = 1, kKernelBF16 = 2 };
 enum KernelMode : int32_t {
@@ -37,7 +35,7 @@ struct MergeProblem {
   int64_t head_stride = 0;              // elements, multiple of the vector width
   int32_t num_heads = 0;                // H
   int32_t head_size = 0;                // D, multiple of the vector width
-  int32_t num_parts = 0;                // N, 1..kKernelMaxParts
+  int32_t num_parts = 0;                // N, 1..kMaxParts
   int32_t lse_tokens_heads = 0;         // 1: LSE index t*H+h; 0: h*T+t
   float lse_to_log2 = 0;                // log2(e) for base e, 1 for base 2
   float log2_to_lse = 0;                // ln(2) for base e, 1 for base 2
@@ -47,8 +45,8 @@ struct MergeProblem {
 
 struct MergeKernelParams {
   MergeProblem problem;
-  const void* part_out[kKernelMaxParts] = {};   // device, 16-byte aligned
-  const float* part_lse[kKernelMaxParts] = {};  // device, 4-byte aligned
+  const void* part_out[kMaxParts] = {};   // device, 16-byte aligned
+  const float* part_lse[kMaxParts] = {};  // device, 4-byte aligned
 };
 
 // Launch knobs for tests and benchmarks; the service uses the defaults

@@ -22,7 +22,6 @@
 namespace dcpmerge {
 namespace {
 
-static_assert(kMaxParts == cuda::kKernelMaxParts, "part count mismatch");
 static_assert(static_cast<int>(DType::kFloat32) == cuda::kKernelF32 &&
                   static_cast<int>(DType::kFloat16) == cuda::kKernelF16 &&
                   static_cast<int>(DType::kBFloat16) == cuda::kKernelBF16,
