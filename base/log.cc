@@ -138,7 +138,7 @@ void SetLogComponent(absl::string_view component) {
 }
 
 std::string FormatLogLine(LogFormat format, LogLevel level, absl::Time time, absl::string_view component,
-                          absl::string_view message, const std::vector<LogField>& fields) {
+                          absl::string_view message, absl::Span<const LogField> fields) {
   std::string line;
   if (format == LogFormat::kJson) {
     line = absl::StrCat("{\"time\":\"", absl::FormatTime("%Y-%m-%dT%H:%M:%E6SZ", time, absl::UTCTimeZone()),
@@ -163,7 +163,7 @@ std::string FormatLogLine(LogFormat format, LogLevel level, absl::Time time, abs
 }
 
 void LogLine(LogLevel level, absl::string_view component, absl::string_view message,
-             const std::vector<LogField>& fields) {
+             absl::Span<const LogField> fields) {
   if (level == LogLevel::kInfo && g_quiet.load()) return;
   std::string line = FormatLogLine(g_format.load(), level, absl::Now(), component, message, fields);
   line.push_back('\n');

@@ -7,12 +7,10 @@
 #ifndef DCPMERGE_BASE_LOG_H_
 #define DCPMERGE_BASE_LOG_H_
 
-#include <string>
-#include <vector>
-
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace dcpmerge {
 
@@ -23,6 +21,19 @@ void LogLine(LogLevel level, absl::string_view message);
 
 // Silences kInfo lines (tests, the demo); warnings and errors still print.
 void SetLogQuiet(bool quiet);
+
+template <typename... Args>
+void LogInfo(const absl::FormatSpec<Args...>& format, const Args&... args) {
+  LogLine(LogLevel::kInfo, absl::StrFormat(format, args...));
+}
+template <typename... Args>
+void LogWarning(const absl::FormatSpec<Args...>& format, const Args&... args) {
+  LogLine(LogLevel::kWarning, absl::StrFormat(format, args...));
+}
+template <typename... Args>
+void LogError(const absl::FormatSpec<Args...>& format, const Args&... args) {
+  LogLine(LogLevel::kError, absl::StrFormat(format, args...));
+}
 
 // --------------------------------------------- format, component, fields ---
 // Text: "<L><yyyymmdd> <hh:mm:ss.micros> <component>] <message>[ key=value...]"
@@ -50,24 +61,11 @@ struct LogField {
 
 // A line of `component` with extra fields, in the current format.
 void LogLine(LogLevel level, absl::string_view component, absl::string_view message,
-             const std::vector<LogField>& fields);
+             absl::Span<const LogField> fields);
 
 // The text of one line without its newline (what LogLine writes; tests).
 std::string FormatLogLine(LogFormat format, LogLevel level, absl::Time time, absl::string_view component,
-                          absl::string_view message, const std::vector<LogField>& fields);
-
-template <typename... Args>
-void LogInfo(const absl::FormatSpec<Args...>& format, const Args&... args) {
-  LogLine(LogLevel::kInfo, absl::StrFormat(format, args...));
-}
-template <typename... Args>
-void LogWarning(const absl::FormatSpec<Args...>& format, const Args&... args) {
-  LogLine(LogLevel::kWarning, absl::StrFormat(format, args...));
-}
-template <typename... Args>
-void LogError(const absl::FormatSpec<Args...>& format, const Args&... args) {
-  LogLine(LogLevel::kError, absl::StrFormat(format, args...));
-}
+                          absl::string_view message, absl::Span<const LogField> fields);
 
 }  // namespace dcpmerge
 

@@ -17,6 +17,7 @@
 #   DCPMERGE_ADMIN_TOKEN_FILE  --admin_token_file  (a mounted Secret; DCPMERGE_ADMIN_TOKEN
 #                                                   also works, read by the server itself)
 #   DCPMERGE_TLS_CERT_FILE, DCPMERGE_TLS_KEY_FILE, DCPMERGE_TLS_CLIENT_CA_FILE
+#   DCPMERGE_LOG_FORMAT        --log_format        (text | json)
 #   DCPMERGE_WORLD_SIZE, DCPMERGE_NUM_HEADS, DCPMERGE_HEAD_SIZE, DCPMERGE_MAX_TOKENS,
 #   DCPMERGE_INPUT_DTYPE, DCPMERGE_LSE_BASE, DCPMERGE_LSE_LAYOUT, DCPMERGE_OUTPUT_MODE,
 #   DCPMERGE_GROUP_SIZE, DCPMERGE_POWER_OF_TWO_SCALES, DCPMERGE_RETURN_MODE,
@@ -25,7 +26,6 @@
 #   DCPMERGE_NCCL_DEVICE, DCPMERGE_NCCL_INIT_TIMEOUT_MS, DCPMERGE_NCCL_FIXED_TOKENS,
 #   DCPMERGE_HEARTBEAT_TIMEOUT_MS, DCPMERGE_STEP_TIMEOUT_MS, DCPMERGE_DRAIN_TIMEOUT_MS,
 #   DCPMERGE_MAX_PENDING_STEPS, DCPMERGE_READY_FILE, DCPMERGE_QUIET
-#   DCPMERGE_LOG_FORMAT        --log_format        (text | json)
 #   DCPMERGE_HOME              where the bundle lives (default /opt/dcpmerge)
 # A DCPMERGE_* variable not in this list is refused (exit 2): a typo must not
 # silently fall back to a default.

@@ -21,29 +21,6 @@ Group::Group(absl::Duration heartbeat_timeout)
 
 Group::~Group() { StopWatchdog(); }
 
-const char* MemberEndName(MemberEnd end) {
-  switch (end) {
-    case MemberEnd::kLeft:
-      return "requested";
-    case MemberEnd::kReconfigured:
-      return "reconfigured";
-    case MemberEnd::kHeartbeatTimeout:
-      return "heartbeat_timeout";
-    case MemberEnd::kStreamBroken:
-      return "stream_broken";
-    case MemberEnd::kReplaced:
-      return "replaced";
-    case MemberEnd::kCommunicatorAborted:
-      return "communicator_aborted";
-  }
-  return "unknown";
-}
-
-MembershipCounts Group::Counts() const {
-  absl::MutexLock lock(&mu_);
-  return counts_;
-}
-
 void Group::SetCallbacks(LostFn on_lost, ChangeFn on_change) {
   on_lost_ = std::move(on_lost);
   on_change_ = std::move(on_change);
@@ -79,8 +56,8 @@ void Group::DropLocked(int32_t rank, absl::Status reason,
                        std::vector<std::pair<int32_t, absl::Status>>* lost, MemberEnd end) {
   Slot& slot = slots_[rank];
   if (!slot.joined) return;
-  slot.joined = false;
   ++counts_.ends[static_cast<int>(end)];
+  slot.joined = false;
   LogInfo("rank %d (session %u, %s) dropped: %s", rank, slot.info.session_id,
           slot.info.host, reason.message());
   lost->emplace_back(rank, std::move(reason));
@@ -269,6 +246,29 @@ std::vector<MemberInfo> Group::Members() const {
     if (s.joined) out.push_back(s.info);
   }
   return out;
+}
+
+const char* MemberEndName(MemberEnd end) {
+  switch (end) {
+    case MemberEnd::kLeft:
+      return "requested";
+    case MemberEnd::kReconfigured:
+      return "reconfigured";
+    case MemberEnd::kHeartbeatTimeout:
+      return "heartbeat_timeout";
+    case MemberEnd::kStreamBroken:
+      return "stream_broken";
+    case MemberEnd::kReplaced:
+      return "replaced";
+    case MemberEnd::kCommunicatorAborted:
+      return "communicator_aborted";
+  }
+  return "unknown";
+}
+
+MembershipCounts Group::Counts() const {
+  absl::MutexLock lock(&mu_);
+  return counts_;
 }
 
 }  // namespace dcpmerge

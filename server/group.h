@@ -120,11 +120,11 @@ class Group {
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_);
-  MembershipCounts counts_ ABSL_GUARDED_BY(mu_);
   LostFn on_lost_;
   ChangeFn on_change_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
+  MembershipCounts counts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dcpmerge

@@ -65,6 +65,9 @@ ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "Default Drain wait");
 ABSL_FLAG(int64_t, max_pending_steps, 256, "Steps collecting parts at once (beyond: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(std::string, metrics_address, "",
           "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9400); empty: off");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text (\"I20261201 15:04:05.123456 dcpmerge] ...\") | json (one object per line: "
+          "time, level, component, message, fields)");
 ABSL_FLAG(std::string, health_address, "",
           "Plaintext listener with only grpc.health.v1, for probes that cannot use TLS (kubelet gRPC probes); "
           "empty: off");
@@ -72,9 +75,6 @@ ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write \"<rank_port> <admin_port> <metrics_port> <health_port>\\n\" to this file (0: "
           "off; for supervisors and tests)");
 ABSL_FLAG(bool, quiet, false, "Only warnings and errors on stderr");
-ABSL_FLAG(std::string, log_format, "text",
-          "Log lines on stderr: text (\"I20261201 15:04:05.123456 dcpmerge] ...\") | json (one object per line: "
-          "time, level, component, message, fields)");
 
 namespace dcpmerge {
 namespace {

@@ -99,10 +99,10 @@ class MergeServer {
 
  private:
   explicit MergeServer(MergeServerOptions options);
-  absl::Status Init();
-  void UpdateHealth();
   // The rank event counters and the device series of a scrape.
   void FillMembershipAndDevice(metrics::ServerState* st) const;
+  absl::Status Init();
+  void UpdateHealth();
 
   MergeServerOptions options_;
   ConfigStore config_;

@@ -57,6 +57,51 @@ std::string DataPlaneName(v1::DataPlane p) {
   return name.empty() ? "unspecified" : std::string(name);
 }
 
+}  // namespace
+
+// ------------------------------------------------------------ histograms ---
+void LatencyHistograms::Observe(int phase, double us) {
+  if (phase < 0 || phase >= static_cast<int>(phases_.size())) return;
+  if (!(us > 0.0)) us = 0.0;  // negative and NaN
+  PerPhase& p = phases_[phase];
+  size_t b = 0;
+  while (b < kBoundsUs.size() && us > kBoundsUs[b]) ++b;  // le semantics
+  p.buckets[b].fetch_add(1, std::memory_order_relaxed);
+  const double ns = us * 1000.0;
+  p.sum_ns.fetch_add(ns >= 1.8e19 ? std::numeric_limits<uint64_t>::max() / 2 : static_cast<uint64_t>(ns + 0.5),
+                     std::memory_order_relaxed);
+}
+
+MetricFamily LatencyHistograms::Collect() const {
+  MetricFamily f = Family("dcpmerge_step_phase_duration_seconds",
+                          "Step latency per phase: receive = first part to last part, merge = compute call, "
+                          "send = one response handed to the transport, total = first part to results ready",
+                          MetricType::Histogram);
+  for (size_t i = 0; i < phases_.size(); ++i) {
+    const PerPhase& p = phases_[i];
+    ClientMetric m;
+    m.label = {{"phase", kPhaseNames[i]}};
+    // Counts are read bucket by bucket while steps may be recorded; the
+    // total is the sum of what was read, so +Inf always equals _count.
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < p.buckets.size(); ++b) {
+      cumulative += p.buckets[b].load(std::memory_order_relaxed);
+      ClientMetric::Bucket bucket;
+      bucket.cumulative_count = cumulative;
+      bucket.upper_bound =
+          b < kBoundsUs.size() ? kBoundsUs[b] / 1e6 : std::numeric_limits<double>::infinity();
+      m.histogram.bucket.push_back(bucket);
+    }
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = static_cast<double>(p.sum_ns.load(std::memory_order_relaxed)) / 1e9;
+    f.metric.push_back(std::move(m));
+  }
+  return f;
+}
+
+// ------------------------------- build, membership, device; scrape aids ---
+namespace {
+
 // dcpmerge_build_info, the rank event counters and the device series.
 void AppendBuildMembershipAndDevice(const ServerState& state, std::vector<MetricFamily>* out) {
   const v1::GetConfigResponse& c = state.config;
@@ -164,46 +209,6 @@ std::string Gzip(const std::string& in) {
 
 }  // namespace
 
-// ------------------------------------------------------------ histograms ---
-void LatencyHistograms::Observe(int phase, double us) {
-  if (phase < 0 || phase >= static_cast<int>(phases_.size())) return;
-  if (!(us > 0.0)) us = 0.0;  // negative and NaN
-  PerPhase& p = phases_[phase];
-  size_t b = 0;
-  while (b < kBoundsUs.size() && us > kBoundsUs[b]) ++b;  // le semantics
-  p.buckets[b].fetch_add(1, std::memory_order_relaxed);
-  const double ns = us * 1000.0;
-  p.sum_ns.fetch_add(ns >= 1.8e19 ? std::numeric_limits<uint64_t>::max() / 2 : static_cast<uint64_t>(ns + 0.5),
-                     std::memory_order_relaxed);
-}
-
-MetricFamily LatencyHistograms::Collect() const {
-  MetricFamily f = Family("dcpmerge_step_phase_duration_seconds",
-                          "Step latency per phase: receive = first part to last part, merge = compute call, "
-                          "send = one response handed to the transport, total = first part to results ready",
-                          MetricType::Histogram);
-  for (size_t i = 0; i < phases_.size(); ++i) {
-    const PerPhase& p = phases_[i];
-    ClientMetric m;
-    m.label = {{"phase", kPhaseNames[i]}};
-    // Counts are read bucket by bucket while steps may be recorded; the
-    // total is the sum of what was read, so +Inf always equals _count.
-    uint64_t cumulative = 0;
-    for (size_t b = 0; b < p.buckets.size(); ++b) {
-      cumulative += p.buckets[b].load(std::memory_order_relaxed);
-      ClientMetric::Bucket bucket;
-      bucket.cumulative_count = cumulative;
-      bucket.upper_bound =
-          b < kBoundsUs.size() ? kBoundsUs[b] / 1e6 : std::numeric_limits<double>::infinity();
-      m.histogram.bucket.push_back(bucket);
-    }
-    m.histogram.sample_count = cumulative;
-    m.histogram.sample_sum = static_cast<double>(p.sum_ns.load(std::memory_order_relaxed)) / 1e9;
-    f.metric.push_back(std::move(m));
-  }
-  return f;
-}
-
 // -------------------------------------------------------------- families ---
 std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyHistograms* histograms) {
   const v1::GetStatsResponse& s = state.stats;
@@ -275,6 +280,7 @@ std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyH
                               {{"backend", c.backend().empty() ? "unknown" : c.backend()},
                                {"data_plane", DataPlaneName(c.data_plane())}}));
   out.push_back(std::move(info));
+  AppendBuildMembershipAndDevice(state, &out);
 
   MetricFamily nccl = Family("dcpmerge_nccl_communicator_state",
                              "NCCL communicator state: 1 for the current state, 0 for the others",
@@ -283,7 +289,6 @@ std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyH
     nccl.metric.push_back(Value(MetricType::Gauge, state.nccl_state == st ? 1.0 : 0.0, {{"state", st}}));
   }
   out.push_back(std::move(nccl));
-  AppendBuildMembershipAndDevice(state, &out);
   return out;
 }
 

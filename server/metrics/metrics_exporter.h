@@ -44,6 +44,24 @@ inline constexpr std::array<const char*, 4> kPhaseNames = {"receive", "merge", "
 inline constexpr std::array<const char*, 5> kNcclStates = {"unused", "uninitialized", "initializing", "ready",
                                                            "aborted"};
 
+// Rank membership events since the server started, by reason (label
+// values; the server lists every reason it has, zeros included, so each
+// series exists from the first scrape).
+struct RankEvents {
+  uint64_t joins = 0;
+  std::map<std::string, uint64_t> leaves;  // the group ended the membership in order
+  std::map<std::string, uint64_t> drops;   // the member was lost
+};
+
+// The CUDA device the server merges on (CUDA backend only).
+struct DeviceState {
+  int device = 0;            // CUDA device index, as the server sees it
+  std::string name;          // e.g. "NVIDIA H200"
+  std::string uuid;          // "GPU-..." (as nvidia-smi and DCGM print it), or ""
+  uint64_t used_bytes = 0;   // total - free (cudaMemGetInfo): the whole device
+  uint64_t total_bytes = 0;
+};
+
 // Cumulative latency histograms, one per phase, fixed buckets. Observe is
 // thread-safe and lock-free. The server feeds it from its Stats.
 class LatencyHistograms {
@@ -68,31 +86,13 @@ class LatencyHistograms {
   std::array<PerPhase, kPhaseNames.size()> phases_;
 };
 
-// Rank membership events since the server started, by reason (label
-// values; the server lists every reason it has, zeros included, so each
-// series exists from the first scrape).
-struct RankEvents {
-  uint64_t joins = 0;
-  std::map<std::string, uint64_t> leaves;  // the group ended the membership in order
-  std::map<std::string, uint64_t> drops;   // the member was lost
-};
-
-// The CUDA device the server merges on (CUDA backend only).
-struct DeviceState {
-  int device = 0;            // CUDA device index, as the server sees it
-  std::string name;          // e.g. "NVIDIA H200"
-  std::string uuid;          // "GPU-..." (as nvidia-smi and DCGM print it), or ""
-  uint64_t used_bytes = 0;   // total - free (cudaMemGetInfo): the whole device
-  uint64_t total_bytes = 0;
-};
-
 // What the exporter reads at every scrape.
 struct ServerState {
+  RankEvents rank_events;
+  std::optional<DeviceState> device;  // absent: CPU backend (no device series)
   v1::GetStatsResponse stats;
   v1::GetConfigResponse config;
   std::string nccl_state = "unused";  // one of kNcclStates
-  RankEvents rank_events;
-  std::optional<DeviceState> device;  // absent: CPU backend (no device series)
 };
 
 // Every family of one scrape (without the HTTP part): used by the exporter

@@ -128,19 +128,6 @@ check_running
 stop_server "$server_pid"
 echo "ok: entrypoint + env vars, health, get-config, metrics, SIGTERM -> 0"
 
-# A mistyped variable is refused, not ignored.
-rc=0
-out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_WORLDSIZE=2 \
-  "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
-[[ $rc -eq 2 ]] || fail "unknown DCPMERGE_WORLDSIZE: exit $rc, want 2 ($out)"
-grep -q 'unknown variable DCPMERGE_WORLDSIZE' <<<"$out" || fail "message: $out"
-# A token file that is not there stops the start.
-rc=0
-out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_ADMIN_TOKEN_FILE=/nonexistent \
-  "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
-[[ $rc -eq 2 ]] || fail "missing token file: exit $rc, want 2 ($out)"
-echo "ok: entrypoint refuses unknown variables and unreadable token files"
-
 # DCPMERGE_LOG_FORMAT=json reaches the server: a start that fails (an
 # unknown data plane) logs JSON lines, with the year in the time.
 rc=0
@@ -156,6 +143,19 @@ grep -qE '^dcpmerge_server [0-9]+\.[0-9]+\.[0-9]+ \(commit ' <<<"$out" || fail "
 out=$(ctl --version) || fail "dcpmergectl --version: exit $?"
 grep -qE '^dcpmergectl [0-9]+\.[0-9]+\.[0-9]+ \(commit ' <<<"$out" || fail "dcpmergectl --version: $out"
 echo "ok: DCPMERGE_LOG_FORMAT=json gives JSON log lines; --version in the bundle"
+
+# A mistyped variable is refused, not ignored.
+rc=0
+out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_WORLDSIZE=2 \
+  "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
+[[ $rc -eq 2 ]] || fail "unknown DCPMERGE_WORLDSIZE: exit $rc, want 2 ($out)"
+grep -q 'unknown variable DCPMERGE_WORLDSIZE' <<<"$out" || fail "message: $out"
+# A token file that is not there stops the start.
+rc=0
+out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_ADMIN_TOKEN_FILE=/nonexistent \
+  "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
+[[ $rc -eq 2 ]] || fail "missing token file: exit $rc, want 2 ($out)"
+echo "ok: entrypoint refuses unknown variables and unreadable token files"
 
 # --- 4. As PID 1 (a container's main process): SIGTERM must still work.
 if [[ $(id -u) -eq 0 ]] && unshare --pid --fork --mount-proc true 2>/dev/null; then
