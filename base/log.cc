@@ -16,6 +16,13 @@
 namespace dcpmerge {
 namespace {
 std::atomic<bool> g_quiet{false};
+}  // namespace
+
+void SetLogQuiet(bool quiet) { g_quiet.store(quiet); }
+
+// ------------------------------------------------- formats and fields ---
+namespace {
+
 std::atomic<LogFormat> g_format{LogFormat::kText};
 
 absl::Mutex g_component_mu;
@@ -114,8 +121,6 @@ void WriteAll(const std::string& line) {
 }
 
 }  // namespace
-
-void SetLogQuiet(bool quiet) { g_quiet.store(quiet); }
 
 bool ParseLogFormat(absl::string_view name, LogFormat* format) {
   if (name == "text") {

@@ -208,10 +208,10 @@ absl::Status MergeServer::Init() {
         options_.metrics_address,
         [this] {
           metrics::ServerState st;
+          FillMembershipAndDevice(&st);
           st.stats = GetStats();
           GetConfig(&st.config);
           st.nccl_state = plane_->CommunicatorState();
-          FillMembershipAndDevice(&st);
           return st;
         },
         latency_histograms_.get());
@@ -224,20 +224,6 @@ absl::Status MergeServer::Init() {
           plane_service != nullptr ? ", MergeData" : "", admin_port_, options_.data_plane);
   if (metrics_port_ != 0) LogInfo("metrics on port %d (GET /metrics)", metrics_port_);
   return absl::OkStatus();
-}
-
-void MergeServer::FillMembershipAndDevice(metrics::ServerState* st) const {
-  st->rank_events = ToRankEvents(group_->Counts());
-  if (metrics_device_ < 0) return;
-  metrics::DeviceState d;
-  d.device = metrics_device_;
-  d.name = metrics_device_identity_.name;
-  d.uuid = metrics_device_identity_.uuid;
-  if (auto use = ReadDeviceMemoryUse(metrics_device_); use.ok()) {
-    d.used_bytes = use->used_bytes;
-    d.total_bytes = use->total_bytes;
-  }
-  st->device = d;
 }
 
 bool MergeServer::Ready() const {
@@ -277,6 +263,20 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::SetScales(
   auto snap = config_.SetScales(scales, replace, default_scale);
   if (snap.ok()) LogInfo("scales updated: version %u (%d layers)", (*snap)->version, (*snap)->layer_scales.size());
   return snap;
+}
+
+void MergeServer::FillMembershipAndDevice(metrics::ServerState* st) const {
+  st->rank_events = ToRankEvents(group_->Counts());
+  if (metrics_device_ < 0) return;
+  metrics::DeviceState d;
+  d.device = metrics_device_;
+  d.name = metrics_device_identity_.name;
+  d.uuid = metrics_device_identity_.uuid;
+  if (auto use = ReadDeviceMemoryUse(metrics_device_); use.ok()) {
+    d.used_bytes = use->used_bytes;
+    d.total_bytes = use->total_bytes;
+  }
+  st->device = d;
 }
 
 void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
