@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "base/version.h"
 #include "common/channel_args.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -41,6 +42,18 @@ class HistogramFeed : public LatencyObserver {
  private:
   metrics::LatencyHistograms* const histograms_;
 };
+
+// Every reason of each kind, zeros included (the series exist from the
+// first scrape).
+metrics::RankEvents ToRankEvents(const MembershipCounts& c) {
+  metrics::RankEvents ev;
+  ev.joins = c.joins;
+  for (int i = 0; i < kNumMemberEnds; ++i) {
+    const MemberEnd end = static_cast<MemberEnd>(i);
+    (IsOrderlyEnd(end) ? ev.leaves : ev.drops)[MemberEndName(end)] = c.ends[i];
+  }
+  return ev;
+}
 
 void ToProto(const LatencySummary& s, v1::LatencySummary* out) {
   out->set_count(s.count);
@@ -179,11 +192,23 @@ absl::Status MergeServer::Init() {
     }
   }
   if (!options_.metrics_address.empty()) {
+    // The device the server merges on: the NCCL plane's, else the CUDA
+    // backend's (device 0, compute_backend.cc).
+    if (backend_name_ == "cuda") {
+      metrics_device_ = options_.data_plane == "nccl" ? options_.nccl.device : 0;
+      auto id = ReadDeviceIdentity(metrics_device_);
+      if (id.ok()) {
+        metrics_device_identity_ = *id;
+      } else {
+        LogWarning("metrics: %s (device series without name and UUID)", id.status().message());
+      }
+    }
     // Scrapes read the state the server keeps (no second bookkeeping).
     auto exporter = metrics::MetricsExporter::Start(
         options_.metrics_address,
         [this] {
           metrics::ServerState st;
+          FillMembershipAndDevice(&st);
           st.stats = GetStats();
           GetConfig(&st.config);
           st.nccl_state = plane_->CommunicatorState();
@@ -240,6 +265,20 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::SetScales(
   return snap;
 }
 
+void MergeServer::FillMembershipAndDevice(metrics::ServerState* st) const {
+  st->rank_events = ToRankEvents(group_->Counts());
+  if (metrics_device_ < 0) return;
+  metrics::DeviceState d;
+  d.device = metrics_device_;
+  d.name = metrics_device_identity_.name;
+  d.uuid = metrics_device_identity_.uuid;
+  if (auto use = ReadDeviceMemoryUse(metrics_device_); use.ok()) {
+    d.used_bytes = use->used_bytes;
+    d.total_bytes = use->total_bytes;
+  }
+  st->device = d;
+}
+
 void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
   const std::shared_ptr<const ConfigSnapshot> c = config_.Current();
   out->set_configured(c->configured);
@@ -262,6 +301,8 @@ void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
   out->set_backend(backend_name_);
   out->set_data_plane(plane_->kind());
   out->set_draining(draining_.load());
+  out->set_server_version(kVersion);
+  out->set_server_commit(std::string(BuildCommit()));
 }
 
 v1::GetStatsResponse MergeServer::GetStats() const {

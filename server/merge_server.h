@@ -18,6 +18,7 @@
 #include "server/compute_backend.h"
 #include "server/config_store.h"
 #include "server/data_plane.h"
+#include "server/device_memory.h"
 #include "server/group.h"
 #include "server/nccl_data_plane.h"
 #include "server/stats.h"
@@ -28,6 +29,7 @@ namespace dcpmerge {
 namespace metrics {
 class LatencyHistograms;
 class MetricsExporter;
+struct ServerState;
 }  // namespace metrics
 
 // Health service name that is SERVING only while the group is complete and
@@ -97,6 +99,8 @@ class MergeServer {
 
  private:
   explicit MergeServer(MergeServerOptions options);
+  // The rank event counters and the device series of a scrape.
+  void FillMembershipAndDevice(metrics::ServerState* st) const;
   absl::Status Init();
   void UpdateHealth();
 
@@ -124,6 +128,10 @@ class MergeServer {
   int admin_port_ = 0;
   std::unique_ptr<metrics::MetricsExporter> metrics_;
   int metrics_port_ = 0;
+  // The CUDA device the metrics report (-1: none, CPU backend) and its
+  // name and UUID, read once at start.
+  int metrics_device_ = -1;
+  DeviceIdentity metrics_device_identity_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> shut_down_{false};
   absl::Mutex health_mu_;
