@@ -101,6 +101,13 @@ typedef struct dcpmerge_merge_args {
  * UNIMPLEMENTED without CUDA. */
 int32_t dcpmerge_merge_gpu(const dcpmerge_merge_args* args, int32_t device, void* stream);
 
+/* Benchmarks only: calls MergeOnGpu (validation + launch, what a C++ caller
+ * pays per merge) `iterations` times on `stream` and reports the host time
+ * those calls took in *host_seconds (no synchronisation). The per-call
+ * overhead a binding adds is its own per-call time minus this. */
+int32_t dcpmerge_merge_gpu_repeat(const dcpmerge_merge_args* args, int32_t device, void* stream,
+                                  int32_t iterations, double* host_seconds);
+
 /* For tokens t in [first_token, T): writes part 0 as it is, in the output
  * format of args->output_mode, which must be fp8_per_tensor (codes of
  * part0 / scale, rounded as the contract rounds) or passthrough (a copy);

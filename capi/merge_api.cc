@@ -1,5 +1,6 @@
 // The merge entry points of the C ABI: the fused kernel (MergeOnGpu), the
 // one-part copy of merge_attn_states, and the CPU reference (MergeOnCpu).
+#include <chrono>
 #include <cstdint>
 
 #include "absl/status/status.h"
@@ -107,6 +108,22 @@ absl::Status MergeGpu(const dcpmerge_merge_args* c, int32_t device, void* stream
   return MergeOnGpu(a, static_cast<cudaStream_t>(stream));
 }
 
+absl::Status MergeGpuRepeat(const dcpmerge_merge_args* c, int32_t device, void* stream, int32_t iterations,
+                            double* host_seconds) {
+  if (host_seconds == nullptr) return absl::InvalidArgumentError("host_seconds: null pointer");
+  if (iterations < 1) return absl::InvalidArgumentError(absl::StrCat("iterations: ", iterations, " < 1"));
+  MergeArgs a;
+  if (absl::Status s = ToMergeArgs(c, &a); !s.ok()) return s;
+  DeviceScope scope;
+  if (absl::Status s = scope.Enter(device); !s.ok()) return s;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int32_t i = 0; i < iterations; ++i) {
+    if (absl::Status s = MergeOnGpu(a, static_cast<cudaStream_t>(stream)); !s.ok()) return s;
+  }
+  *host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return absl::OkStatus();
+}
+
 absl::Status CopyPartGpu(const dcpmerge_merge_args* c, int64_t first_token, int32_t device, void* stream) {
   MergeArgs a;
   if (absl::Status s = ToMergeArgs(c, &a); !s.ok()) return s;
@@ -191,6 +208,16 @@ int32_t dcpmerge_merge_gpu(const dcpmerge_merge_args* args, int32_t device, void
   return Report(dcpmerge::capi::MergeGpu(args, device, stream));
 #else
   (void)args, (void)device, (void)stream;
+  return Report(dcpmerge::capi::NoCuda());
+#endif
+}
+
+int32_t dcpmerge_merge_gpu_repeat(const dcpmerge_merge_args* args, int32_t device, void* stream,
+                                  int32_t iterations, double* host_seconds) {
+#ifdef DCPMERGE_WITH_CUDA
+  return Report(dcpmerge::capi::MergeGpuRepeat(args, device, stream, iterations, host_seconds));
+#else
+  (void)args, (void)device, (void)stream, (void)iterations, (void)host_seconds;
   return Report(dcpmerge::capi::NoCuda());
 #endif
 }

@@ -150,6 +150,7 @@ _FUNCTIONS = {
     "dcpmerge_cuda_device_count": (i32, [ctypes.POINTER(i32)]),
     "dcpmerge_merge_gpu": (i32, [ctypes.POINTER(MergeArgs), i32, c_void_p]),
     "dcpmerge_copy_part_gpu": (i32, [ctypes.POINTER(MergeArgs), i64, i32, c_void_p]),
+    "dcpmerge_merge_gpu_repeat": (i32, [ctypes.POINTER(MergeArgs), i32, c_void_p, i32, ctypes.POINTER(ctypes.c_double)]),
     "dcpmerge_merge_cpu": (i32, [ctypes.POINTER(MergeArgs), i32]),
     "dcpmerge_client_connect": (i32, [ctypes.POINTER(ClientOptions), ctypes.POINTER(c_void_p)]),
     "dcpmerge_client_close": (None, [c_void_p]),
@@ -220,10 +221,13 @@ def _load() -> ctypes.CDLL:
             if os.environ.get("DCPMERGE_LIBRARY"):
                 break
             continue
-        for name, (restype, argtypes) in _FUNCTIONS.items():
-            fn = getattr(lib, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
+        try:
+            for name, (restype, argtypes) in _FUNCTIONS.items():
+                fn = getattr(lib, name)
+                fn.restype = restype
+                fn.argtypes = argtypes
+        except AttributeError as e:
+            raise ImportError(f"{path}: {e}; the library is from another build than this package") from None
         abi = lib.dcpmerge_abi_version()
         if abi != ABI_VERSION:
             raise ImportError(f"{path}: C ABI version {abi}, this package needs {ABI_VERSION} "

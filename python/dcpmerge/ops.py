@@ -443,6 +443,18 @@ def merge_states(
       dcpmerge.Error for a launch failure.
     """
     _require_gpu("merge_states")
+    args, dev, result = _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
+                                              power_of_two_scales, out, out_scales, out_lse, return_lse)
+    if args is not None:
+        _launch("merge", args, dev)
+    return result
+
+
+def _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
+                          power_of_two_scales, out, out_scales, out_lse, return_lse):
+    """Validates merge_states' arguments and allocates what is missing:
+    (the C ABI arguments or None when there is nothing to do, the device,
+    the MergeOutput). The GPU benchmark reuses it (gpu_checks.py)."""
     base = "2" if str(lse_base) == "2" else str(lse_base)
     if base not in LSE_BASE_CODE:
         raise ValueError(f"lse_base: {lse_base!r} is not one of e | 2")
@@ -468,16 +480,14 @@ def merge_states(
         if D % group_size != 0:
             raise ValueError(f"group_size: {group_size} does not divide head_size {D}")
 
-    out_dtype = parts_torch_dtype = next(k for k, v in _INPUT_DTYPES.items() if v == parts.dtype)
-    if output_mode != "passthrough":
-        out_dtype = _FP8
+    out_dtype = _FP8 if output_mode != "passthrough" else next(k for k, v in _INPUT_DTYPES.items()
+                                                               if v == parts.dtype)
     if out is None:
         out = _backend.empty((T, H, D), out_dtype, dev)
     out_ptr = _out_buffer(out, "out", dev, out_dtype, (T, H, D))
     if T > 0:
         _aligned(out_ptr, 16, "out")
     out_bytes = T * H * D * (1 if output_mode != "passthrough" else DTYPE_SIZE[parts.dtype])
-    del parts_torch_dtype
 
     scales_ptr, scales_bytes = 0, 0
     if output_mode in ("fp8_per_token", "fp8_per_group"):
@@ -497,13 +507,14 @@ def merge_states(
         lse_ptr = _out_buffer(out_lse, "out_lse", dev, "torch.float32", lshape)
         lse_bytes = T * H * 4
 
+    args = None
     if T > 0:
         args = _args(parts.n, T, H, D, parts.dtype, base, lse_layout, output_mode,
                      group_size if output_mode == "fp8_per_group" else 128, bool(power_of_two_scales),
                      parts.ptrs, lse_ptrs, parts.span_bytes, parts.ts, parts.hs, scale_ptr, out_ptr,
                      out_bytes, scales_ptr, scales_bytes, lse_ptr, lse_bytes)
-        _launch("merge", args, dev)
-    return MergeOutput(out, out_scales if scales_ptr else None, out_lse if lse_ptr else None)
+        args._keep = args._keep + (_scale_keep,)  # a float scale's device copy lives with the arguments
+    return args, dev, MergeOutput(out, out_scales if scales_ptr else None, out_lse if lse_ptr else None)
 
 
 def _attn_lse_layout(t: Any, name: str, H: int, T: int, device: Any) -> str:
