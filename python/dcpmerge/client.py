@@ -409,7 +409,10 @@ class RankClient:
             _capi.check(lib.dcpmerge_result_view_of(res, ctypes.byref(v)))
             hc, D = int(v.head_count), cfg.head_size
             elems = int(v.num_tokens) * hc * D
-            if elems and v.output_bytes == elems:
+            if elems == 0:
+                mode = cfg.output_mode
+                kind = "fp8" if mode != "passthrough" else cfg.input_dtype
+            elif v.output_bytes == elems:  # one byte per value: FP8 codes
                 kind, mode = "fp8", (cfg.output_mode if cfg.output_mode != "passthrough" else "fp8_per_tensor")
             else:
                 kind, mode = cfg.input_dtype, "passthrough"

@@ -111,7 +111,7 @@ def assert_fp8_close(codes, scale, ref, what):
     got = codes.to(torch.float32).double() * scale
     r = ref / scale
     tol = fp8_step(r) * scale * 1.0001 + 1e-30
-    bad = (got - ref).abs() > tol
+    bad = ~((got - ref).abs() <= tol)  # NaN counts as bad
     if bad.any():
         i = bad.nonzero()[0].tolist()
         raise AssertionError(f"{what}: {int(bad.sum())} values beyond one FP8 step, first at {i}: got "
@@ -120,7 +120,7 @@ def assert_fp8_close(codes, scale, ref, what):
 
 def assert_close(got, ref, rtol, atol, what):
     g = got.double()
-    bad = (g - ref).abs() > atol + rtol * ref.abs()
+    bad = ~((g - ref).abs() <= atol + rtol * ref.abs())  # NaN counts as bad
     if bad.any():
         i = bad.nonzero()[0].tolist()
         raise AssertionError(f"{what}: {int(bad.sum())} values off, first at {i}: got {g[tuple(i)].item():.6g}, "
@@ -136,9 +136,8 @@ def make_inputs(n, T, H, D, dtype, layout, seed, empties=True):
         mask = torch.rand(shape, generator=g, device="cuda") < 0.1
         lses = torch.where(mask, torch.full_like(lses, -math.inf), lses)
         # one (t,h) where every part is empty, in three spellings of "empty"
-        for i, v in enumerate([-math.inf, math.inf, math.nan]):
-            if i < n:
-                lses[i, 1, 1] = v
+        for i in range(n):
+            lses[i, 1, 1] = [-math.inf, math.inf, math.nan][i % 3]
         if n > 1:  # NaN payload in an empty part is never read
             lses[1, 0, 0] = -math.inf
             outs[1, 0, 0, :] = math.nan  # (t=0, h=0) in both layouts
@@ -360,6 +359,7 @@ def check_nccl():
     if torch.cuda.device_count() < 2:
         return ("SKIP", "needs 2 GPUs (NCCL: the server and the rank on their own GPU)")
     T, H, D = 8, 4, 128
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # as the service's GPU checks (docs/gpu-validation.md)
     with tempfile.TemporaryDirectory() as tmp:
         ready = os.path.join(tmp, "ready")
         env = dict(os.environ, DCPMERGE_ADMIN_TOKEN="gpu-token", NCCL_NVLS_ENABLE="0")
