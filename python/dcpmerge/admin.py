@@ -43,7 +43,7 @@ class ServerConfig:
     config: GroupConfig
     config_version: int
     config_hash: int
-    layer_scales: Dict[int, float]
+    layer_scales: Dict[int, float]  # layer -> scale, in layer order
     default_scale: float
     members: List[Member]
     group_ready: bool
@@ -58,7 +58,7 @@ class ServerConfig:
             config=GroupConfig.from_json(d.get("config") or {}),
             config_version=int(d.get("config_version", 0)),
             config_hash=int(d.get("config_hash", 0)),
-            layer_scales={int(k): float(v) for k, v in (d.get("layer_scales") or {}).items()},
+            layer_scales=dict(sorted((int(k), float(v)) for k, v in (d.get("layer_scales") or {}).items())),
             default_scale=float(d.get("default_scale", 0.0)),
             members=[Member(rank=int(m.get("rank", 0)), host=m.get("host", ""), device=m.get("device", ""),
                             pid=int(m.get("pid", 0)), session_id=int(m.get("session_id", 0)),

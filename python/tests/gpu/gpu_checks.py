@@ -363,6 +363,13 @@ def check_nccl():
     with tempfile.TemporaryDirectory() as tmp:
         ready = os.path.join(tmp, "ready")
         env = dict(os.environ, DCPMERGE_ADMIN_TOKEN="gpu-token", NCCL_NVLS_ENABLE="0")
+        try:  # the server binary links libnccl.so.2: PyTorch's pip NCCL, when the loader has none
+            import nvidia.nccl  # noqa: PLC0415
+
+            lib = os.path.join(list(nvidia.nccl.__path__)[0], "lib")
+            env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
+        except (ImportError, IndexError):
+            pass
         server = subprocess.Popen(shlex.split(cmd) + [
             "--rank_address=127.0.0.1:0", "--admin_address=127.0.0.1:0", "--world_size=1", f"--num_heads={H}",
             f"--head_size={D}", f"--max_tokens={T}", "--backend=cuda", "--data_plane=nccl", "--nccl_device=1",
