@@ -57,6 +57,8 @@ struct RankClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(5);
   absl::Duration merge_timeout = absl::ZeroDuration();  // 0: see above
   bool heartbeat = true;  // run the heartbeat thread after Join
+  // Per-group join secret (docs/server.md, "Limits and security"); empty: none.
+  std::string join_secret;
 };
 
 struct MergeResult {

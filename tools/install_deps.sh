@@ -21,6 +21,9 @@ PACKAGES=(
   curl                   # metrics endpoint checks in the test suite
   python3                # manifest checks in the test suite
   python3-yaml
+  python3-pip            # the Python package's tests: pip installs the wheel
+  python3-pytest
+  python3-numpy
 )
 
 missing=()

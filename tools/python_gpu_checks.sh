@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The Python package's GPU checks, on a GPU host with its own PyTorch (no
+# Bazel, gRPC or protobuf needed there): installs the wheel made here by
+# tools/build_wheel.sh into a scratch directory and runs
+# python/tests/gpu/gpu_checks.py with the host's python3 (which must import
+# torch with CUDA). Carry dist/dcpmerge-*.whl, python/tests/gpu/ and this
+# script. About a minute on an H200.
+#
+#   tools/python_gpu_checks.sh              # logs to ${OUT:-gpu-logs}/python_gpu_checks.log
+#   PYTHON=/path/to/python3 SITE=/tmp/site tools/python_gpu_checks.sh
+#   DCPMERGE_SERVER_CMD="dist/gpu-bundle/run.sh dcpmerge_server" ...  # + the NCCL-plane check (2 GPUs)
+#
+# Prints the checks (PASS / FAIL / SKIP), a timing table (per call: Python
+# against C++ and plain PyTorch) and "N passed, N failed, N skipped" last;
+# exits non-zero when a check failed or the wheel did not install.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+py=${PYTHON:-python3}
+site=${SITE:-/tmp/dcpmerge-site}
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+log="$(cd "$out" && pwd)/python_gpu_checks.log"
+
+wheels=("$repo"/dist/dcpmerge-*-py3-none-linux_x86_64.whl)
+if [[ ! -f "${wheels[0]}" ]]; then
+  echo "python_gpu_checks: no wheel in $repo/dist (make it with tools/build_wheel.sh and carry dist/)" >&2
+  exit 2
+fi
+{
+  echo "== python: $("$py" --version 2>&1) at $(command -v "$py")"
+  "$py" -c 'import torch; print("== torch", torch.__version__, "cuda", torch.version.cuda, "available",
+torch.cuda.is_available(), torch.cuda.device_count(), "GPU(s)")' 2>&1
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/== /'
+  echo "== wheel: ${wheels[0]##*/}"
+} | tee "$log"
+rm -rf "$site"
+if ! "$py" -m pip install --no-index --no-deps --target "$site" "${wheels[0]}" >> "$log" 2>&1; then
+  echo "python_gpu_checks: pip install of ${wheels[0]} failed (see $log)" | tee -a "$log" >&2
+  tail -20 "$log" >&2
+  exit 1
+fi
+# Run from / so that only the installed package is importable.
+(cd / && PYTHONPATH="$site" timeout "${TIMEOUT:-300}" "$py" "$repo/python/tests/gpu/gpu_checks.py") 2>&1 | tee -a "$log"
+rc=${PIPESTATUS[0]}
+echo "python_gpu_checks: exit $rc, log $log"
+exit "$rc"
