@@ -35,6 +35,9 @@ struct EmbeddedServerOptions {
   std::string backend = "auto";                   // auto | cpu | cuda
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration step_timeout = absl::Seconds(5);
+  // The group's join secret (RankClientOptions::join_secret must match);
+  // "" = none (the listeners are on loopback by default).
+  std::string join_secret;
 };
 
 class EmbeddedServer {

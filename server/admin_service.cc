@@ -10,7 +10,18 @@
 namespace dcpmerge {
 
 AdminService::AdminService(MergeServer* server, std::string token)
-    : server_(server), token_(std::move(token)) {}
+    : AdminService(server, std::move(token), AuthFailureGuard::Options{}) {}
+
+AdminService::AdminService(MergeServer* server, std::string token, AuthFailureGuard::Options penalty)
+    : server_(server), token_(std::move(token)), guard_("admin token", penalty) {}
+
+grpc::Status AdminService::Authorize(const grpc::ServerContext& ctx) {
+  grpc::Status st = CheckAdminToken(ctx, Token());
+  if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED || st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    guard_.FailAndWait(ctx, st);
+  }
+  return st;
+}
 
 void AdminService::SetToken(std::string token) {
   absl::MutexLock lock(&mu_);
@@ -24,7 +35,7 @@ std::string AdminService::Token() const {
 
 grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::ConfigureRequest* req,
                                      v1::ConfigureResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   auto snap = server_->Configure(req->config(), req->default_scale());
   if (!snap.ok()) return ToGrpcStatus(snap.status());
   resp->set_config_version((*snap)->version);
@@ -34,7 +45,7 @@ grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::Configu
 
 grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScalesRequest* req,
                                      v1::SetScalesResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   std::map<int32_t, float> scales(req->layer_scales().begin(), req->layer_scales().end());
   auto snap = server_->SetScales(scales, req->replace(), req->default_scale());
   if (!snap.ok()) return ToGrpcStatus(snap.status());
@@ -44,21 +55,21 @@ grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScal
 
 grpc::Status AdminService::GetConfig(grpc::ServerContext* ctx, const v1::GetConfigRequest*,
                                      v1::GetConfigResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   server_->GetConfig(resp);
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::GetStats(grpc::ServerContext* ctx, const v1::GetStatsRequest*,
                                     v1::GetStatsResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   *resp = server_->GetStats();
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::Drain(grpc::ServerContext* ctx, const v1::DrainRequest* req,
                                  v1::DrainResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   if (req->timeout_ms() < 0) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_ms: must be >= 0");
   }
