@@ -114,7 +114,13 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     }
     if (submit) plane_->collector_->Submit(std::move(part), std::move(done));
     absl::MutexLock lock(&mu_);
-    if (!finish_requested_) StartRead(&req_);
+    if (finish_requested_) return;
+    if (queue_.size() >= plane_->options_.max_response_queue) {
+      read_paused_ = true;  // resumes when the rank has taken some of its answers
+      plane_->paused_reads_.fetch_add(1);
+    } else {
+      StartRead(&req_);
+    }
   }
 
   void OnWriteDone(bool ok) override {
@@ -138,31 +144,15 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     delete this;
   }
 
-  // A step's result for this stream (under state_->mu).
+  // A step's result for this stream (under state_->mu). The queue is
+  // bounded: a full one pauses reading this stream (no new parts, so no new
+  // answers beyond those owed), and a rank that does not take its answers
+  // is dropped by the housekeeping thread (write timeout).
   void Push(std::shared_ptr<const StepResult> r) {
     absl::MutexLock lock(&mu_);
     --outstanding_;
     if (finish_requested_ || broken_) {
       AdvanceLocked();
-      return;
-    }
-    if (queue_.size() >= plane_->options_.max_response_queue) {
-      // The rank does not read its responses: fail and drop it rather than
-      // buffer forever. The session ends from the housekeeping thread (not
-      // here: dropping a member delivers results, and this thread holds a
-      // stream's state).
-      queue_.clear();
-      drop_pending_ = true;
-      plane_->dropped_unread_.fetch_add(1);
-      LogWarning("rank %d (session %u): %u responses not read; dropping the rank (--max_response_queue=%u)", rank_,
-                 session_, plane_->options_.max_response_queue + 1, plane_->options_.max_response_queue);
-      FinishLocked(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
-                                absl::StrCat("max_response_queue: more than ", plane_->options_.max_response_queue,
-                                             " responses waiting to be read on this stream (--max_response_queue); "
-                                             "rank ", rank_, " dropped, join again")));
-      // A write stuck behind a peer that does not read would hold the
-      // stream open: cancel it soon.
-      if (writing_) cancel_at_ = absl::Now() + absl::Seconds(1);
       return;
     }
     queue_.push_back(std::move(r));
@@ -193,8 +183,20 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
       context_->TryCancel();
       cancel_at_ = absl::InfiniteFuture();
     }
-    if (drop_pending_) {
-      drop_pending_ = false;
+    if (!finish_requested_ && writing_ && now - write_started_ > plane_->options_.write_timeout) {
+      // The rank does not read its responses: fail and drop it rather than
+      // buffer for it forever. Its session ends (from this thread's caller,
+      // not under any stream's lock), the queue is freed, and the stuck
+      // write is cancelled soon if the peer never takes it.
+      plane_->dropped_unread_.fetch_add(1);
+      LogWarning("rank %d (session %u): a response not read for %s, %u more queued; dropping the rank", rank_,
+                 session_, absl::FormatDuration(now - write_started_), queue_.size());
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("max_response_queue: rank ", rank_, " did not read its responses for ",
+                       absl::FormatDuration(plane_->options_.write_timeout), " (--max_response_queue=",
+                       plane_->options_.max_response_queue, " answers queue, then reading stops); dropped, join again")));
+      cancel_at_ = now + absl::Seconds(1);
       if (rank_ >= 0) drop->emplace_back(rank_, session_);
     }
     if (!idle_checks || finish_requested_ || refused_) return;
@@ -231,6 +233,10 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   void AdvanceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_requested_) return;
     if (broken_) queue_.clear();
+    if (read_paused_ && queue_.size() < plane_->options_.max_response_queue / 2 + 1) {
+      read_paused_ = false;
+      StartRead(&req_);
+    }
     if (!writing_ && !queue_.empty()) {
       std::shared_ptr<const StepResult> r = std::move(queue_.front());
       queue_.pop_front();
@@ -263,7 +269,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
-  bool drop_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool refused_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status refuse_status_ ABSL_GUARDED_BY(mu_);
   absl::Time refuse_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
@@ -325,11 +331,6 @@ grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* GrpcDataPlane::Mer
   return r;
 }
 
-void GrpcDataPlane::Register(Reactor* r) {
-  absl::MutexLock lock(&mu_);
-  streams_.insert(r);
-}
-
 void GrpcDataPlane::Unregister(Reactor* r) {
   absl::MutexLock lock(&mu_);
   streams_.erase(r);
@@ -345,6 +346,7 @@ GrpcDataPlane::Counters GrpcDataPlane::counters() const {
   }
   c.refused_max_streams = refused_max_streams_.load();
   c.dropped_unread = dropped_unread_.load();
+  c.paused_reads = paused_reads_.load();
   c.closed_idle = closed_idle_.load();
   return c;
 }
@@ -367,8 +369,8 @@ void GrpcDataPlane::HousekeepingLoop() {
     }
     for (const auto& [rank, session] : drop) {
       group_->MarkLost(rank, session,
-                       absl::StrCat("its responses were not read (more than --max_response_queue=",
-                                    options_.max_response_queue, " waiting)"));
+                       absl::StrCat("its responses were not read for ", absl::FormatDuration(options_.write_timeout),
+                                    " (--max_response_queue=", options_.max_response_queue, ")"));
       collector_->NoteStall();
     }
   }

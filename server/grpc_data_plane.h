@@ -13,9 +13,11 @@
 //  - max_streams: streams open on the listener at once; beyond, a new
 //    stream ends at once with RESOURCE_EXHAUSTED;
 //  - max_response_queue: results waiting to be written to one stream. A
-//    rank that does not read its responses is failed and dropped: its
-//    session ends (its group's steps fail UNAVAILABLE), its stream ends
-//    with RESOURCE_EXHAUSTED, the queue is freed;
+//    full queue pauses reading that stream (so no more answers are owed to
+//    it); a response the rank has not taken after write_timeout means it
+//    does not read: it is failed and dropped (its session ends, its group's
+//    steps fail UNAVAILABLE, its stream ends RESOURCE_EXHAUSTED, the queue
+//    is freed), never buffered for forever;
 //  - bind_timeout: a stream that has sent nothing from a live session for
 //    this long is ended (FAILED_PRECONDITION), and so is a bound stream
 //    whose session has ended, once it has nothing left to answer;
@@ -55,6 +57,7 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
     size_t max_streams = 256;
     size_t max_response_queue = 32;
     absl::Duration bind_timeout = absl::Seconds(10);
+    absl::Duration write_timeout = absl::Seconds(5);
     absl::Duration stop_flush_timeout = absl::Seconds(2);
   };
   // Checks a new stream's credential: OK, or the status to end it with and
@@ -79,6 +82,7 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
     size_t deepest_queue = 0;        // the longest response queue now
     uint64_t refused_max_streams = 0;
     uint64_t dropped_unread = 0;     // ranks dropped for not reading
+    uint64_t paused_reads = 0;       // times a full queue paused a stream's reads
     uint64_t closed_idle = 0;        // unbound or ended-session streams closed
   };
   Counters counters() const;
@@ -88,7 +92,6 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
   struct StreamState;
 
  private:
-  void Register(Reactor* r);
   void Unregister(Reactor* r);
   void HousekeepingLoop();
 
@@ -103,6 +106,7 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
   bool stop_housekeeping_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<uint64_t> refused_max_streams_{0};
   std::atomic<uint64_t> dropped_unread_{0};
+  std::atomic<uint64_t> paused_reads_{0};
   std::atomic<uint64_t> closed_idle_{0};
   std::thread housekeeping_;
 };

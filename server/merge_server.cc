@@ -285,6 +285,8 @@ absl::Status MergeServer::Init() {
     po.max_streams = options_.max_streams;
     po.max_response_queue = options_.max_response_queue;
     po.bind_timeout = options_.stream_bind_timeout;
+    po.write_timeout = options_.response_write_timeout > absl::ZeroDuration() ? options_.response_write_timeout
+                                                                              : options_.step_timeout;
     JoinSecretCheck* check = join_check_.get();
     auto grpc_plane = std::make_unique<GrpcDataPlane>(
         collector_.get(), group_.get(), &stats_, po,
@@ -527,6 +529,7 @@ MergeServer::LimitsSnapshot MergeServer::Limits() const {
     l.usage.emplace_back("response_queue_deepest", static_cast<double>(c.deepest_queue));
     l.refusals.emplace_back("max_streams", c.refused_max_streams);
     l.refusals.emplace_back("max_response_queue", c.dropped_unread);
+    l.usage.emplace_back("paused_reads_total", static_cast<double>(c.paused_reads));
     l.refusals.emplace_back("stream_bind_timeout", c.closed_idle);
   }
   l.stalled = collector_->Stalled();

@@ -92,6 +92,9 @@ struct MergeServerOptions {
   size_t max_streams = 256;
   size_t max_response_queue = 32;
   absl::Duration stream_bind_timeout = absl::Seconds(10);
+  // A response not taken by its rank within this drops the rank (0: the
+  // step timeout).
+  absl::Duration response_write_timeout = absl::ZeroDuration();
   // Steps one rank may have waiting for the others (0: max_pending_steps /
   // N); payload bytes held (collecting, ready, merging).
   size_t max_pending_steps_per_rank = 0;
