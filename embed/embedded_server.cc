@@ -17,6 +17,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   o.heartbeat_timeout = options.heartbeat_timeout;
   o.step_timeout = options.step_timeout;
   o.join_secret = std::move(options.join_secret);
+  o.state_file = std::move(options.state_file);
+  o.state_missing_fresh = true;
   absl::StatusOr<std::unique_ptr<MergeServer>> server = MergeServer::Start(std::move(o));
   if (!server.ok()) return server.status();
   return std::unique_ptr<EmbeddedServer>(new EmbeddedServer(std::move(*server)));

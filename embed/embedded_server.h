@@ -38,6 +38,9 @@ struct EmbeddedServerOptions {
   // The group's join secret (RankClientOptions::join_secret must match);
   // "" = none (the listeners are on loopback by default).
   std::string join_secret;
+  // The durable state file (configuration and scales, written on every
+  // change; server/state_file.h); "" = off. Created when missing.
+  std::string state_file;
 };
 
 class EmbeddedServer {
@@ -53,8 +56,10 @@ class EmbeddedServer {
   const std::string& backend_reason() const;
   // What Admin.GetStats answers, without a call.
   v1::GetStatsResponse GetStats() const;
-  // Graceful: steps in flight fail with UNAVAILABLE "server shutting
-  // down", responses already produced are flushed. Idempotent.
+  // Graceful: readiness NOT_SERVING first, new steps refused, steps in
+  // flight finish within a second or fail with UNAVAILABLE "server shutting
+  // down", every part read is answered, streams end UNAVAILABLE.
+  // Idempotent.
   void Shutdown();
 
  private:

@@ -377,9 +377,7 @@ void GrpcDataPlane::HousekeepingLoop() {
 }
 
 void GrpcDataPlane::Stop() {
-  if (stopping_.exchange(true)) {
-    // Already stopping or stopped: wait for the first call's work to end.
-  }
+  stopping_.store(true);  // a second call waits again (bounded)
   {
     absl::MutexLock lock(&mu_);
     for (Reactor* r : streams_) r->Stop();

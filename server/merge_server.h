@@ -128,8 +128,10 @@ class MergeServer {
   const std::string& backend_name() const { return backend_name_; }
   const std::string& backend_reason() const { return backend_reason_; }
 
-  // Graceful: refuse new steps, fail in-flight ones with UNAVAILABLE
-  // "server shutting down", flush responses, close streams, stop listeners.
+  // Graceful, in this order: readiness NOT_SERVING; new steps refused
+  // (UNAVAILABLE "server shutting down", answered); steps in flight may
+  // finish within shutdown_grace, then fail UNAVAILABLE; every part read is
+  // answered; streams end UNAVAILABLE; listeners stop; metrics last.
   // Idempotent.
   void Shutdown();
 

@@ -202,11 +202,18 @@ void StepCollector::Submit(StepPart part, StepDone done) {
     Deliver(notes);
   };
   absl::Status refused;
+  std::vector<Notification> refused_notes;
   {
     absl::MutexLock lock(&mu_);
     refused = refuse_;
+    // Draining or shutting down: this step can never complete, so the ranks
+    // that already sent it are answered now, not at the deadline.
+    if (!refused.ok()) FailLocked(header.step(), refused, &refused_notes);
   }
-  if (!refused.ok()) return reject(refused);
+  if (!refused.ok()) {
+    Deliver(refused_notes);
+    return reject(refused);
+  }
   if (!current->configured) {
     return reject(absl::FailedPreconditionError("server not configured"));
   }
