@@ -12,6 +12,7 @@
 // Findings 4 (SIGTERM) and 5 (logs, admin tokens) run against the server
 // binary: tests/e2e/hardening_e2e_test.cc.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -27,6 +28,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/heap.h"
 #include "base/log.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "dcpmerge/v1/control.grpc.pb.h"
@@ -468,6 +470,55 @@ TEST_F(HardeningTest, ScaleTableIsBoundedByTheLayerRange) {
   ASSERT_TRUE(GetConfig(&cfg).ok());
   EXPECT_EQ(cfg.layer_scales_size(), kDefaultMaxLayers);
   EXPECT_LT(absl::Now() - t0, absl::Seconds(1));
+}
+
+// Before: freed memory was kept on purpose (glibc's trim threshold at
+// 1 GiB), so RSS never came down after a burst. Now the heap kept for reuse
+// is bounded (--heap_retain_bytes): beyond it, it is returned within a
+// second or so.
+TEST_F(HardeningTest, FreedHeapBeyondTheRetainedPoolIsReturned) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "ASan's allocator replaces glibc's heap";
+#else
+  KeepFreedBuffersInHeap();  // as the binaries do
+  MergeServerOptions o = BaseOptions(4, /*max_tokens=*/64);
+  o.initial_config->set_num_heads(16);
+  o.initial_config->set_head_size(512);  // 1 MiB of bf16 per part
+  o.heap_retain_bytes = 2 << 20;
+  Start(o);
+  auto ranks = JoinAll("");
+  auto rss_mib = [] {
+    std::ifstream in("/proc/self/statm");
+    long pages = 0, resident = 0;
+    in >> pages >> resident;
+    return resident * (sysconf(_SC_PAGESIZE) / 1024.0) / 1024.0;
+  };
+  // A burst: 8 steps at once per rank, 1 MiB parts.
+  std::vector<std::thread> th;
+  for (int r = 0; r < 4; ++r) {
+    th.emplace_back([&, r] {
+      const testing::PartData p = testing::MakePart(3, 0, r, 64, 16, 512);
+      std::vector<std::thread> inner;
+      for (uint64_t step = 0; step < 8; ++step) {
+        inner.emplace_back([&, step] {
+          auto m = ranks[r]->Merge(step, 0, 64, p.out.data(), p.out.size(), p.lse.data(), p.lse.size());
+          EXPECT_TRUE(m.ok()) << m.status();
+        });
+      }
+      for (auto& t : inner) t.join();
+    });
+  }
+  for (auto& t : th) t.join();
+  const double peak = rss_mib();
+  const uint64_t trims_before = server_->Limits().heap_trims;
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (server_->Limits().heap_trims == trims_before && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+  absl::SleepFor(absl::Milliseconds(100));
+  const double after = rss_mib();
+  EXPECT_GT(server_->Limits().heap_trims, trims_before);
+  std::printf("RSS %.1f MiB after the burst, %.1f MiB after the trim\n", peak, after);
+  EXPECT_LT(after, peak - 8) << "RSS " << peak << " MiB after the burst, " << after << " MiB a moment later";
+#endif
 }
 
 // ---------------------------------------------------------------- finding 3
