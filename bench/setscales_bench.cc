@@ -11,8 +11,8 @@
 //   steps          ranks stepping, no SetScales
 //   steps+scales   ranks stepping, SetScales every --interval_ms (0: back to back)
 //   scales         SetScales alone
-// once without and once with --state_file (SetScales then writes and fsyncs
-// the state file before it answers). Every step's answer is checked for the
+// without a state file, with --state_file written without fsync, and with
+// fsync (SetScales writes the state file before it answers). Every step's answer is checked for the
 // scale of the version it reports, so the updates are seen to land.
 //
 //   bazel run -c opt //bench:setscales_bench [-- --seconds=5]
@@ -53,7 +53,8 @@ ABSL_FLAG(int32_t, head_size, 512, "Head size");
 ABSL_FLAG(int32_t, layers, 128, "Layers in the scale table (each SetScales sends all of them)");
 ABSL_FLAG(double, seconds, 8.0, "Length of each phase");
 ABSL_FLAG(int32_t, interval_ms, 10, "Pause between SetScales calls while ranks step (0: back to back)");
-ABSL_FLAG(bool, state_file_too, true, "Repeat the phases with --state_file (fsync before each answer)");
+ABSL_FLAG(bool, state_file_too, true,
+          "Repeat the phases with --state_file, with fsync before each answer and without");
 ABSL_FLAG(bool, verbose, false, "Server log lines on stderr");
 
 namespace dcpmerge {
@@ -109,7 +110,7 @@ struct PhaseResult {
 
 class Bench {
  public:
-  Bench(int n, int T, int H, int D, int layers, const std::string& state_file)
+  Bench(int n, int T, int H, int D, int layers, const std::string& state_file, bool fsync)
       : n_(n), T_(T), H_(H), D_(D), layers_(layers), barrier_(n) {
     EmbeddedServerOptions so;
     so.admin_token = kToken;
@@ -118,6 +119,7 @@ class Bench {
     so.backend = "cpu";
     so.step_timeout = absl::Seconds(10);
     so.state_file = state_file;
+    so.state_fsync = fsync;
     auto s = EmbeddedServer::Start(so);
     if (!s.ok()) {
       error_ = s.status().ToString();
@@ -298,21 +300,22 @@ int Run() {
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   bool pass = true;
-  std::vector<bool> with_state = {false};
-  if (absl::GetFlag(FLAGS_state_file_too)) with_state.push_back(true);
-  for (bool state : with_state) {
+  // State file: off, written without fsync, written with fsync.
+  std::vector<int> modes = {0};
+  if (absl::GetFlag(FLAGS_state_file_too)) modes = {0, 1, 2};
+  for (int mode : modes) {
     const char* tmp = std::getenv("TMPDIR");
     const std::string path =
-        state ? absl::StrCat(tmp ? tmp : "/tmp", "/setscales-bench-state-", getpid()) : std::string();
-    if (state) std::remove(path.c_str());
-    Bench b(N, T, H, D, L, path);
+        mode > 0 ? absl::StrCat(tmp ? tmp : "/tmp", "/setscales-bench-state-", getpid()) : std::string();
+    if (mode > 0) std::remove(path.c_str());
+    Bench b(N, T, H, D, L, path, mode == 2);
     if (!b.error().empty()) {
       std::fprintf(stderr, "setup: %s\n", b.error().c_str());
       return 1;
     }
     b.SetScalesOnce(0);  // warm the admin channel
     b.Run(true, false, 1.0, interval);  // warm-up
-    const char* label = state ? "fsync" : "off";
+    const char* label = mode == 0 ? "off" : mode == 1 ? "no fsync" : "fsync";
     const PhaseResult a = b.Run(true, false, secs, interval);
     Print("steps", label, a);
     const PhaseResult c = b.Run(true, true, secs, interval);
@@ -321,7 +324,7 @@ int Run() {
     Print("scales", label, d);
     std::fflush(stdout);
     pass &= a.failures + c.failures + d.failures + c.wrong_scale == 0;
-    if (state) std::remove(path.c_str());
+    if (mode > 0) std::remove(path.c_str());
   }
   std::printf("\n%s\n", pass ? "PASS" : "FAIL");
   return pass ? 0 : 1;

@@ -41,6 +41,7 @@ struct EmbeddedServerOptions {
   // The durable state file (configuration and scales, written on every
   // change; server/state_file.h); "" = off. Created when missing.
   std::string state_file;
+  bool state_fsync = true;  // see MergeServerOptions::state_fsync
 };
 
 class EmbeddedServer {

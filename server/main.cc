@@ -102,6 +102,9 @@ ABSL_FLAG(int64_t, heap_retain_bytes, int64_t{256} << 20,
 ABSL_FLAG(int64_t, shutdown_grace_ms, 1000, "SIGTERM: steps in flight may finish within this, then UNAVAILABLE");
 ABSL_FLAG(std::string, state_file, "",
           "Configuration, scales and version, written atomically on every change and restored at start; empty: off");
+ABSL_FLAG(bool, state_fsync, true,
+          "fsync every --state_file change before answering (survives a power loss); false: it survives the "
+          "process only, and SetScales answers faster");
 ABSL_FLAG(std::string, state_missing, "error",
           "--state_file absent at start: error (refuse to start) | fresh (create it; a first start)");
 
@@ -207,6 +210,7 @@ int Run() {
     return 2;
   }
   o.state_missing_fresh = state_missing == "fresh";
+  o.state_fsync = absl::GetFlag(FLAGS_state_fsync);
   if (o.max_message_bytes < 0 || o.max_buffered_bytes < 0 || o.max_rpc_threads < 2 || o.max_streams < 1 ||
       o.max_response_queue < 1 || o.stream_bind_timeout <= absl::ZeroDuration() || o.max_pending_bytes < 0 ||
       o.max_layers < 1 || o.heap_retain_bytes < 0 || o.shutdown_grace < absl::ZeroDuration()) {

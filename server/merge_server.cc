@@ -207,7 +207,8 @@ absl::Status MergeServer::InitStateAndLimits() {
   }
   if (!options_.state_file.empty()) {
     const std::string path = options_.state_file;
-    config_.SetPersist([path](const ConfigSnapshot& next) { return WriteStateFile(path, next); });
+    const bool sync = options_.state_fsync;
+    config_.SetPersist([path, sync](const ConfigSnapshot& next) { return WriteStateFile(path, next, sync); });
   }
   if (options_.initial_config.has_value()) {
     const std::shared_ptr<const ConfigSnapshot> cur = config_.Current();
@@ -225,7 +226,9 @@ absl::Status MergeServer::InitStateAndLimits() {
   }
   if (!options_.state_file.empty() && !state_restored_ && config_.Current()->version == 0) {
     // Fresh and unconfigured: the file exists from now on.
-    if (absl::Status st = WriteStateFile(options_.state_file, *config_.Current()); !st.ok()) return st;
+    if (absl::Status st = WriteStateFile(options_.state_file, *config_.Current(), options_.state_fsync); !st.ok()) {
+      return st;
+    }
   }
   return absl::OkStatus();
 }

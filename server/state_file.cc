@@ -56,7 +56,7 @@ bool WriteAll(int fd, const std::string& data) {
 
 }  // namespace
 
-absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state) {
+absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state, bool sync) {
   v1::GetConfigResponse body;
   body.set_configured(state.configured);
   if (state.configured) *body.mutable_config() = GroupSpecToProto(state.spec);
@@ -77,7 +77,7 @@ absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state
   const std::string tmp = absl::StrCat(path, ".tmp.", getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return Unavailable(path, absl::StrCat("cannot create ", tmp, ": ", Errno()));
-  const bool ok = WriteAll(fd, text) && ::fsync(fd) == 0;
+  const bool ok = WriteAll(fd, text) && (!sync || ::fsync(fd) == 0);
   const std::string err = ok ? "" : Errno();
   ::close(fd);
   if (!ok) {
@@ -89,6 +89,7 @@ absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state
     ::unlink(tmp.c_str());
     return Unavailable(path, absl::StrCat("cannot rename ", tmp, " over it: ", e));
   }
+  if (!sync) return absl::OkStatus();
   // The rename itself must survive a crash: sync the directory entry.
   const size_t slash = path.rfind('/');
   const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));

@@ -22,9 +22,14 @@
 
 namespace dcpmerge {
 
-// Writes `state` to `path` atomically. UNAVAILABLE naming state_file and
-// the reason when it cannot (the file keeps its previous content).
-absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state);
+// Writes `state` to `path` atomically (a temporary file renamed over it:
+// a reader or a restart sees the old or the new state, never a mix).
+// sync: fsync the file before the rename and the directory after it, so the
+// change also survives a power loss or kernel crash; without, it survives
+// the process (the page cache outlives it) but not the machine. UNAVAILABLE
+// naming state_file and the reason when it cannot (the file keeps its
+// previous content).
+absl::Status WriteStateFile(const std::string& path, const ConfigSnapshot& state, bool sync = true);
 
 // nullopt: `path` does not exist. DATA_LOSS "state_file <path>: ..." when it
 // exists but is unreadable or corrupt. The snapshot's fields are checked by
