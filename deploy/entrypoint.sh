@@ -8,7 +8,8 @@
 # Every variable is optional; unset or empty leaves the server's default,
 # except the listeners, which default to all interfaces here (a
 # container is reached through its pod IP; the NetworkPolicy and the admin
-# token guard the admin port):
+# token guard the admin port, the join secret or mutual TLS the rank port:
+# without either the server refuses to start on 0.0.0.0):
 #   DCPMERGE_RANK_ADDRESS      --rank_address      (default 0.0.0.0:50051)
 #   DCPMERGE_ADMIN_ADDRESS     --admin_address     (default 0.0.0.0:50052)
 #   DCPMERGE_METRICS_ADDRESS   --metrics_address   (default 0.0.0.0:9400; "off": none)

@@ -532,7 +532,6 @@ MergeServer::LimitsSnapshot MergeServer::Limits() const {
     l.usage.emplace_back("response_queue_deepest", static_cast<double>(c.deepest_queue));
     l.refusals.emplace_back("max_streams", c.refused_max_streams);
     l.refusals.emplace_back("max_response_queue", c.dropped_unread);
-    l.usage.emplace_back("paused_reads_total", static_cast<double>(c.paused_reads));
     l.refusals.emplace_back("stream_bind_timeout", c.closed_idle);
   }
   l.stalled = collector_->Stalled();

@@ -177,7 +177,7 @@ TEST(HardeningE2ETest, SigtermReadinessFirstEveryStepAnsweredStreamsEndUnavailab
   const int rc = testing::WaitExit(s.pid, absl::Seconds(20));
 
   EXPECT_EQ(rc, 0);
-  EXPECT_LT(not_serving - sigterm, absl::Milliseconds(300)) << "readiness must go NOT_SERVING first";
+  EXPECT_LT(not_serving - sigterm, absl::Milliseconds(500)) << "readiness must go NOT_SERVING first";
   EXPECT_EQ(idle_end.error_code(), grpc::StatusCode::UNAVAILABLE) << idle_end.error_message();
   int ok = 0, unavailable = 0;
   for (const Call& c : calls) {
