@@ -12,7 +12,9 @@
 //   steps+scales   ranks stepping, SetScales every --interval_ms (0: back to back)
 //   scales         SetScales alone
 // without a state file, with --state_file written without fsync, and with
-// fsync (SetScales writes the state file before it answers). Every step's answer is checked for the
+// fsync (SetScales writes the state file before it answers). After each
+// SetScales a grpc.health.v1 Check on the same channel gives the floor of a
+// unary call under the same load. Every step's answer is checked for the
 // scale of the version it reports, so the updates are seen to land.
 //
 //   bazel run -c opt //bench:setscales_bench [-- --seconds=5]
@@ -44,6 +46,7 @@
 #include "common/group_spec.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "embed/embedded_server.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 
 ABSL_FLAG(int32_t, ranks, 4, "Rank threads");
@@ -103,6 +106,7 @@ Summary Summarize(std::vector<double> v) {
 struct PhaseResult {
   Summary step_us;
   Summary set_us;
+  Summary floor_us;  // health Check on the same channel, right after each SetScales
   double steps_per_s = 0;
   uint64_t failures = 0;
   uint64_t wrong_scale = 0;
@@ -126,8 +130,10 @@ class Bench {
       return;
     }
     server_ = std::move(*s);
-    admin_ = v1::Admin::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->admin_port()),
-                                                    grpc::InsecureChannelCredentials()));
+    auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->admin_port()),
+                                       grpc::InsecureChannelCredentials());
+    admin_ = v1::Admin::NewStub(channel);
+    health_ = grpc::health::v1::Health::NewStub(channel);
     for (int r = 0; r < n; ++r) {
       RankClientOptions o;
       o.target = absl::StrCat("127.0.0.1:", server_->rank_port());
@@ -181,10 +187,23 @@ class Bench {
     return us;
   }
 
+  // One grpc.health.v1 Check on the same channel: the floor of a unary call
+  // on this listener under the same load (us; negative on error).
+  double HealthOnce() {
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    const auto t0 = std::chrono::steady_clock::now();
+    const grpc::Status st = health_->Check(&ctx, req, &resp);
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    return st.ok() ? us : -1;
+  }
+
   PhaseResult Run(bool steps, bool scales, double seconds, int interval_ms) {
     PhaseResult res;
     std::atomic<bool> stop{false};
-    std::vector<double> set_us;
+    std::vector<double> set_us, floor_us;
     std::thread admin;
     if (scales) {
       admin = std::thread([&] {
@@ -195,6 +214,7 @@ class Bench {
           } else {
             set_us.push_back(us);
           }
+          if (const double f = HealthOnce(); f >= 0) floor_us.push_back(f);
           if (interval_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
         }
       });
@@ -249,6 +269,7 @@ class Bench {
     if (admin.joinable()) admin.join();
     res.step_us = Summarize(step_us);
     res.set_us = Summarize(set_us);
+    res.floor_us = Summarize(floor_us);
     res.steps_per_s = step_us.size() / wall;
     return res;
   }
@@ -263,6 +284,7 @@ class Bench {
   std::string error_;
   std::unique_ptr<EmbeddedServer> server_;
   std::unique_ptr<v1::Admin::Stub> admin_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
   std::vector<std::unique_ptr<RankClient>> clients_;
   std::vector<Input> inputs_;
   std::mutex versions_mu_;
@@ -276,8 +298,11 @@ void Print(const char* phase, const char* state, const PhaseResult& r) {
   auto col = [](const Summary& s) {
     return s.n == 0 ? std::string("| - | - | - | -") : absl::StrFormat("| %zu | %.0f | %.0f | %.0f", s.n, s.p50, s.p99, s.max);
   };
-  std::printf("| %s | %s %s | %.1f %s | %llu | %llu |\n", phase, state, col(r.step_us).c_str(), r.steps_per_s,
-              col(r.set_us).c_str(), static_cast<unsigned long long>(r.failures),
+  auto floor = [](const Summary& s) {
+    return s.n == 0 ? std::string("| - | -") : absl::StrFormat("| %.0f | %.0f", s.p50, s.p99);
+  };
+  std::printf("| %s | %s %s | %.1f %s %s | %llu | %llu |\n", phase, state, col(r.step_us).c_str(), r.steps_per_s,
+              col(r.set_us).c_str(), floor(r.floor_us).c_str(), static_cast<unsigned long long>(r.failures),
               static_cast<unsigned long long>(r.wrong_scale));
 }
 
@@ -296,8 +321,9 @@ int Run() {
               "%u hardware threads\n\n",
               N, T, H, D, L, secs, interval, std::thread::hardware_concurrency());
   std::printf("| phase | state file | steps | step p50 us | step p99 us | step max us | steps/s | SetScales calls "
-              "| SetScales p50 us | SetScales p99 us | SetScales max us | failures | wrong scale |\n");
-  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+              "| SetScales p50 us | SetScales p99 us | SetScales max us | health p50 us | health p99 us | failures "
+              "| wrong scale |\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   std::fflush(stdout);
   bool pass = true;
   // State file: off, written without fsync, written with fsync.
