@@ -48,6 +48,7 @@
 #include "base/log.h"
 #include "base/percentile.h"
 #include "base/rng.h"
+#include "base/version_flag.h"
 #include "bench/echo.grpc.pb.h"
 #include "client/rank_client.h"
 #include "common/channel_args.h"
@@ -618,6 +619,7 @@ int Run() {
 }  // namespace dcpmerge
 
 int main(int argc, char** argv) {
+  dcpmerge::UseVersionFlag("grpc_plane_bench");
   absl::SetProgramUsageMessage("grpc_plane_bench: dcpmerge's gRPC data plane vs a raw gRPC echo, on loopback");
   absl::ParseCommandLine(argc, argv);
   dcpmerge::KeepFreedBuffersInHeap();

@@ -3,9 +3,13 @@
 #include <cstdlib>
 #include <utility>
 
+#include <openssl/evp.h>
+
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "base/file.h"
 
 namespace dcpmerge {
@@ -58,6 +62,23 @@ grpc::Status CheckAdminToken(const grpc::ServerContext& context,
     return grpc::Status(grpc::StatusCode::PERMISSION_DENIED, "authorization: wrong admin token");
   }
   return grpc::Status::OK;
+}
+
+std::string TokenFingerprint(absl::string_view token) {
+  if (token.empty()) return "none";
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_Digest(token.data(), token.size(), md, &n, EVP_sha256(), nullptr) != 1 || n < 4) return "unknown";
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), 4));
+}
+
+absl::string_view PresentedBearerToken(const grpc::ServerContext& context) {
+  const auto& md = context.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return "";
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ")) return "";
+  return value;
 }
 
 }  // namespace dcpmerge

@@ -24,6 +24,14 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
 grpc::Status CheckAdminToken(const grpc::ServerContext& context,
                              const std::string& token);
 
+// A token's fingerprint for logs: the first 8 hex digits of its SHA-256
+// ("none" for an empty token). Says which token a caller used (or which one
+// a reload installed) without revealing it.
+std::string TokenFingerprint(absl::string_view token);
+
+// The bearer token a call presents ("" when there is none).
+absl::string_view PresentedBearerToken(const grpc::ServerContext& context);
+
 }  // namespace dcpmerge
 
 #endif  // DCPMERGE_SERVER_ADMIN_AUTH_H_

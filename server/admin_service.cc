@@ -2,12 +2,57 @@
 
 #include <map>
 #include <utility>
+#include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "server/admin_auth.h"
 #include "base/grpc_status.h"
+#include "base/log.h"
 #include "server/merge_server.h"
 
 namespace dcpmerge {
+namespace {
+
+// ------------------------------------------------------- audit log lines ---
+// Every admin change (Configure, SetScales, Drain), made or refused, is
+// logged by the "admin" component with its caller: the peer address, the
+// client certificate's identity under mTLS, and the fingerprint of the
+// bearer token presented (admin_auth.h; never the token itself).
+std::vector<LogField> Caller(const grpc::ServerContext& ctx, const char* method) {
+  std::vector<LogField> f;
+  f.push_back({"method", method});
+  f.push_back({"peer", ctx.peer()});
+  if (const auto auth = ctx.auth_context(); auth != nullptr && auth->IsPeerAuthenticated()) {
+    std::string identity;
+    for (const grpc::string_ref& id : auth->GetPeerIdentity()) {
+      absl::StrAppend(&identity, identity.empty() ? "" : ",", absl::string_view(id.data(), id.size()));
+    }
+    if (!identity.empty()) f.push_back({"tls_identity", identity});
+  }
+  f.push_back({"token_sha256", TokenFingerprint(PresentedBearerToken(ctx))});
+  return f;
+}
+
+void Audit(LogLevel level, const grpc::ServerContext& ctx, const char* method, const std::string& message) {
+  LogLine(level, "admin", absl::StrCat(method, ": ", message), Caller(ctx, method));
+}
+
+// A refused or failed change: logged, then returned.
+grpc::Status AuditFailure(const grpc::ServerContext& ctx, const char* method, grpc::Status st) {
+  Audit(LogLevel::kWarning, ctx, method,
+        absl::StrCat(st.error_code() == grpc::StatusCode::UNAUTHENTICATED ||
+                             st.error_code() == grpc::StatusCode::PERMISSION_DENIED ||
+                             st.error_code() == grpc::StatusCode::FAILED_PRECONDITION
+                         ? "refused: "
+                         : "failed: ",
+                     absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code())), ": ",
+                     st.error_message()));
+  return st;
+}
+
+}  // namespace
 
 AdminService::AdminService(MergeServer* server, std::string token)
     : AdminService(server, std::move(token), AuthFailureGuard::Options{}) {}
@@ -35,21 +80,29 @@ std::string AdminService::Token() const {
 
 grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::ConfigureRequest* req,
                                      v1::ConfigureResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Configure", a);
   auto snap = server_->Configure(req->config(), req->default_scale());
-  if (!snap.ok()) return ToGrpcStatus(snap.status());
+  if (!snap.ok()) return AuditFailure(*ctx, "Configure", ToGrpcStatus(snap.status()));
   resp->set_config_version((*snap)->version);
   resp->set_config_hash((*snap)->hash);
+  Audit(LogLevel::kInfo, *ctx, "Configure",
+        absl::StrFormat("config version %d (hash 0x%016x), world_size %d, heads %d, head_size %d, max_tokens %d",
+                        (*snap)->version, (*snap)->hash, (*snap)->spec.num_parts, (*snap)->spec.num_heads,
+                        (*snap)->spec.head_size, (*snap)->spec.max_tokens));
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScalesRequest* req,
                                      v1::SetScalesResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "SetScales", a);
   std::map<int32_t, float> scales(req->layer_scales().begin(), req->layer_scales().end());
   auto snap = server_->SetScales(scales, req->replace(), req->default_scale());
-  if (!snap.ok()) return ToGrpcStatus(snap.status());
+  if (!snap.ok()) return AuditFailure(*ctx, "SetScales", ToGrpcStatus(snap.status()));
   resp->set_config_version((*snap)->version);
+  Audit(LogLevel::kInfo, *ctx, "SetScales",
+        absl::StrFormat("config version %d: %d layer(s) %s, default scale %s", (*snap)->version, scales.size(),
+                        req->replace() ? "replace the table" : "merged into the table",
+                        req->default_scale() == 0.0f ? "unchanged" : absl::StrCat(req->default_scale())));
   return grpc::Status::OK;
 }
 
@@ -69,11 +122,15 @@ grpc::Status AdminService::GetStats(grpc::ServerContext* ctx, const v1::GetStats
 
 grpc::Status AdminService::Drain(grpc::ServerContext* ctx, const v1::DrainRequest* req,
                                  v1::DrainResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Drain", a);
   if (req->timeout_ms() < 0) {
-    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_ms: must be >= 0");
+    return AuditFailure(*ctx, "Drain",
+                        grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_ms: must be >= 0"));
   }
+  Audit(LogLevel::kInfo, *ctx, "Drain", absl::StrCat("draining (timeout_ms ", req->timeout_ms(), ")"));
   *resp = server_->Drain(absl::Milliseconds(req->timeout_ms()));
+  Audit(LogLevel::kInfo, *ctx, "Drain",
+        absl::StrCat(resp->drained() ? "drained" : "timed out", ", ", resp->steps_in_flight(), " step(s) in flight"));
   return grpc::Status::OK;
 }
 

@@ -74,6 +74,13 @@ absl::Status ConfigStore::CheckShapeLimits(const GroupSpec& spec) const {
         "config.max_tokens: one step's ", spec.num_parts, " parts are ", part * spec.num_parts,
         " bytes, over --max_pending_bytes (", options_.max_step_bytes, ")"));
   }
+  const int64_t in_flight = 2 * int64_t{spec.num_parts} * (part + options_.message_headroom);
+  if (options_.max_buffered_bytes > 0 && in_flight > options_.max_buffered_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.max_tokens: two messages per rank in flight are ", in_flight,
+        " bytes, over the rank listener's buffer quota of ", options_.max_buffered_bytes,
+        " bytes (--max_buffered_bytes, fixed when the server started)"));
+  }
   return absl::OkStatus();
 }
 

@@ -58,6 +58,10 @@ class ConfigStore {
     int64_t max_part_bytes = 0;
     // One step's N parts together must fit (the pending-bytes cap); 0: no check.
     int64_t max_step_bytes = 0;
+    // Two messages per rank in flight (N x 2 x (part + headroom)) must fit
+    // in the rank listener's buffer quota; 0: no check.
+    int64_t max_buffered_bytes = 0;
+    int64_t message_headroom = 0;
   };
   using PersistFn = std::function<absl::Status(const ConfigSnapshot&)>;
 

@@ -67,9 +67,10 @@ void Group::WatchdogLoop() {
 }
 
 void Group::DropLocked(int32_t rank, absl::Status reason,
-                       std::vector<std::pair<int32_t, absl::Status>>* lost) {
+                       std::vector<std::pair<int32_t, absl::Status>>* lost, MemberEnd end) {
   Slot& slot = slots_[rank];
   if (!slot.joined) return;
+  ++counts_.ends[static_cast<int>(end)];
   slot.joined = false;
   LogInfo("rank %d (session %u, host %s) dropped: %s", rank, slot.info.session_id,
           EscapeForLog(slot.info.host), EscapeForLog(reason.message(), 512));
@@ -128,7 +129,7 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
       DropLocked(info.rank,
                  absl::UnavailableError(absl::StrCat("rank ", info.rank,
                                                      " replaced by a new member")),
-                 &lost);
+                 &lost, MemberEnd::kReplaced);
     }
     do {
       session = RandomSessionId();
@@ -141,6 +142,7 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
     slot.info.pid = info.pid;
     slot.info.session_id = session;
     slot.info.last_heartbeat = absl::Now();
+    ++counts_.joins;
   }
   LogInfo("rank %d joined (session %u, host %s, device %s, pid %d)", info.rank,
           session, EscapeForLog(info.host), EscapeForLog(info.device), info.pid);
@@ -161,7 +163,7 @@ absl::Status Group::Leave(int32_t rank, uint64_t session_id) {
           absl::StrCat("session_id: ", session_id, " is not the live session of rank ", rank));
     }
     DropLocked(rank, absl::UnavailableError(absl::StrCat("rank ", rank, " left the group")),
-               &lost);
+               &lost, MemberEnd::kLeft);
   }
   Notify(lost, true);
   return absl::OkStatus();
@@ -198,7 +200,7 @@ absl::Status Group::CheckSession(int32_t rank, uint64_t session_id) const {
   return absl::OkStatus();
 }
 
-void Group::MarkLost(int32_t rank, uint64_t session_id, absl::string_view why) {
+void Group::MarkLost(int32_t rank, uint64_t session_id, absl::string_view why, MemberEnd end) {
   std::vector<std::pair<int32_t, absl::Status>> lost;
   {
     absl::MutexLock lock(&mu_);
@@ -206,7 +208,7 @@ void Group::MarkLost(int32_t rank, uint64_t session_id, absl::string_view why) {
     Slot& slot = slots_[rank];
     if (!slot.joined || slot.info.session_id != session_id) return;
     DropLocked(rank, absl::UnavailableError(absl::StrCat("rank ", rank, " lost: ", why)),
-               &lost);
+               &lost, end);
   }
   Notify(lost, true);
 }
@@ -216,7 +218,8 @@ void Group::Reset(int32_t num_parts, absl::string_view why) {
   {
     absl::MutexLock lock(&mu_);
     for (int32_t r = 0; r < static_cast<int32_t>(slots_.size()); ++r) {
-      DropLocked(r, absl::UnavailableError(absl::StrCat("rank ", r, " dropped: ", why)), &lost);
+      DropLocked(r, absl::UnavailableError(absl::StrCat("rank ", r, " dropped: ", why)), &lost,
+                 MemberEnd::kReconfigured);
     }
     slots_.assign(num_parts, Slot{});
   }
@@ -235,7 +238,7 @@ void Group::ExpireStale(absl::Time now) {
                        "rank ", r, " lost: no heartbeat for ",
                        absl::FormatDuration(now - slot.info.last_heartbeat),
                        " (timeout ", absl::FormatDuration(heartbeat_timeout_), ")")),
-                   &lost);
+                   &lost, MemberEnd::kHeartbeatTimeout);
       }
     }
   }
@@ -267,6 +270,29 @@ std::vector<MemberInfo> Group::Members() const {
     if (s.joined) out.push_back(s.info);
   }
   return out;
+}
+
+const char* MemberEndName(MemberEnd end) {
+  switch (end) {
+    case MemberEnd::kLeft:
+      return "requested";
+    case MemberEnd::kReconfigured:
+      return "reconfigured";
+    case MemberEnd::kHeartbeatTimeout:
+      return "heartbeat_timeout";
+    case MemberEnd::kStreamBroken:
+      return "stream_broken";
+    case MemberEnd::kReplaced:
+      return "replaced";
+    case MemberEnd::kCommunicatorAborted:
+      return "communicator_aborted";
+  }
+  return "unknown";
+}
+
+MembershipCounts Group::Counts() const {
+  absl::MutexLock lock(&mu_);
+  return counts_;
 }
 
 }  // namespace dcpmerge

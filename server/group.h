@@ -6,6 +6,7 @@
 #ifndef DCPMERGE_SERVER_GROUP_H_
 #define DCPMERGE_SERVER_GROUP_H_
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -43,6 +44,30 @@ struct JoinInfo {
   bool replace_existing = false;
 };
 
+// Why a membership ended (the reason label of dcpmerge_rank_leaves_total
+// and dcpmerge_rank_drops_total).
+enum class MemberEnd {
+  kLeft = 0,              // the rank called Leave
+  kReconfigured,          // a Configure changed the shape (Reset)
+  kHeartbeatTimeout,      // no heartbeat within the timeout
+  kStreamBroken,          // its data stream broke (MarkLost, gRPC plane)
+  kReplaced,              // a new member took the rank over (replace_existing)
+  kCommunicatorAborted,   // the NCCL communicator was given up (MarkLost, NCCL plane)
+};
+inline constexpr int kNumMemberEnds = 6;
+// "requested", "reconfigured", "heartbeat_timeout", "stream_broken",
+// "replaced", "communicator_aborted".
+const char* MemberEndName(MemberEnd end);
+// kLeft and kReconfigured end a membership in order (leaves); the others
+// lose a member (drops).
+inline bool IsOrderlyEnd(MemberEnd end) { return end == MemberEnd::kLeft || end == MemberEnd::kReconfigured; }
+
+// Membership events since the group was made.
+struct MembershipCounts {
+  uint64_t joins = 0;
+  std::array<uint64_t, kNumMemberEnds> ends{};  // indexed by MemberEnd
+};
+
 class Group {
  public:
   // Called when a member is dropped (left, heartbeat missed, stream lost,
@@ -68,8 +93,10 @@ class Group {
   // when the rank never joined, UNAVAILABLE when the session has ended.
   absl::Status CheckSession(int32_t rank, uint64_t session_id) const;
   // Drops a member whose session is `session_id` (no-op when it is not the
-  // live one): used when its data stream breaks.
-  void MarkLost(int32_t rank, uint64_t session_id, absl::string_view why);
+  // live one): used when its data stream breaks (or, with
+  // kCommunicatorAborted, when the NCCL plane gives its communicator up).
+  void MarkLost(int32_t rank, uint64_t session_id, absl::string_view why,
+                MemberEnd end = MemberEnd::kStreamBroken);
   // Drops every member (configuration changed shape); world size becomes n.
   void Reset(int32_t num_parts, absl::string_view why);
   // Drops members silent for longer than the heartbeat timeout.
@@ -79,6 +106,7 @@ class Group {
   std::vector<int32_t> MissingRanks() const;
   std::vector<MemberInfo> Members() const;
   absl::Duration heartbeat_timeout() const { return heartbeat_timeout_; }
+  MembershipCounts Counts() const;
 
  private:
   struct Slot {
@@ -87,7 +115,7 @@ class Group {
   };
   // Drops slot `rank` (lock held); appends the notification to `lost`.
   void DropLocked(int32_t rank, absl::Status reason,
-                  std::vector<std::pair<int32_t, absl::Status>>* lost)
+                  std::vector<std::pair<int32_t, absl::Status>>* lost, MemberEnd end)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Notify(const std::vector<std::pair<int32_t, absl::Status>>& lost, bool changed);
   void WatchdogLoop();
@@ -99,6 +127,7 @@ class Group {
   ChangeFn on_change_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread watchdog_;
+  MembershipCounts counts_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace dcpmerge

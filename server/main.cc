@@ -68,6 +68,9 @@ ABSL_FLAG(int64_t, drain_timeout_ms, 10000, "Default Drain wait");
 ABSL_FLAG(int64_t, max_pending_steps, 256, "Steps collecting parts at once (beyond: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(std::string, metrics_address, "",
           "Prometheus endpoint host:port serving GET /metrics (e.g. 0.0.0.0:9400); empty: off");
+ABSL_FLAG(std::string, log_format, "text",
+          "Log lines on stderr: text (\"I20261201 15:04:05.123456 dcpmerge] ...\") | json (one object per line: "
+          "time, level, component, message, fields)");
 ABSL_FLAG(std::string, health_address, "",
           "Plaintext listener with only grpc.health.v1, for probes that cannot use TLS (kubelet gRPC probes); "
           "empty: off");
@@ -83,10 +86,10 @@ ABSL_FLAG(bool, allow_insecure_rank_address, false,
           "INSECURE: let --rank_address listen beyond loopback with no join secret and no mutual TLS (anyone who "
           "reaches it can join or replace a rank)");
 ABSL_FLAG(int64_t, max_message_bytes, 0,
-          "Largest MergeData message (0: one part of the start-up configuration + 64 KiB; 64 MiB unconfigured)");
+          "Largest MergeData message (0: one part of the start-up configuration + 64 KiB, at least 64 MiB)");
 ABSL_FLAG(int64_t, max_buffered_bytes, 0,
-          "gRPC memory quota of the rank listener for messages still arriving (0: max(64 MiB, 4 x N x "
-          "max_message_bytes))");
+          "gRPC memory quota of the rank listener for messages still arriving (0: max(256 MiB, 2 x N x "
+          "(part + 64 KiB)))");
 ABSL_FLAG(int32_t, max_rpc_threads, 64, "Threads for sync handlers per listener (beyond: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int64_t, max_streams, 256, "MergeData streams open at once on the rank listener (beyond: RESOURCE_EXHAUSTED)");
 ABSL_FLAG(int64_t, max_response_queue, 32,
@@ -139,6 +142,12 @@ absl::Status InitialConfig(v1::GroupConfig* c) {
 
 int Run() {
   SetLogQuiet(absl::GetFlag(FLAGS_quiet));
+  if (LogFormat format; ParseLogFormat(absl::GetFlag(FLAGS_log_format), &format)) {
+    SetLogFormat(format);
+  } else {
+    LogError("--log_format: '%s' is not text or json", absl::GetFlag(FLAGS_log_format));
+    return 2;
+  }
   // Signals go to sigwait below, never to a random thread.
   sigset_t signals;
   sigemptyset(&signals);
@@ -156,6 +165,12 @@ int Run() {
     return 2;
   }
   o.admin_token = *token;
+  if (!o.admin_token.empty()) {
+    LogLine(LogLevel::kInfo, "admin", "admin token loaded",
+            {{"source", absl::GetFlag(FLAGS_admin_token_file).empty() ? std::string("DCPMERGE_ADMIN_TOKEN")
+                                                                       : absl::GetFlag(FLAGS_admin_token_file)},
+             {"token_sha256", TokenFingerprint(o.admin_token)}});
+  }
   o.tls_cert_file = absl::GetFlag(FLAGS_tls_cert_file);
   o.tls_key_file = absl::GetFlag(FLAGS_tls_key_file);
   o.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca_file);
@@ -270,7 +285,8 @@ int Run() {
     if (*fresh != current_token) {
       current_token = *fresh;
       (*server)->SetAdminToken(current_token);
-      LogInfo("admin token reloaded from %s", token_file);
+      LogLine(LogLevel::kInfo, "admin", "admin token reloaded",
+              {{"source", token_file}, {"token_sha256", TokenFingerprint(current_token)}});
     }
   }
   LogInfo("signal %d: graceful shutdown", sig);

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
+#include "base/version.h"
 #include "common/channel_args.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
@@ -47,6 +48,18 @@ class HistogramFeed : public LatencyObserver {
   metrics::LatencyHistograms* const histograms_;
 };
 
+// Every reason of each kind, zeros included (the series exist from the
+// first scrape).
+metrics::RankEvents ToRankEvents(const MembershipCounts& c) {
+  metrics::RankEvents ev;
+  ev.joins = c.joins;
+  for (int i = 0; i < kNumMemberEnds; ++i) {
+    const MemberEnd end = static_cast<MemberEnd>(i);
+    (IsOrderlyEnd(end) ? ev.leaves : ev.drops)[MemberEndName(end)] = c.ends[i];
+  }
+  return ev;
+}
+
 void ToProto(const LatencySummary& s, v1::LatencySummary* out) {
   out->set_count(s.count);
   out->set_p50_us(s.p50_us);
@@ -83,8 +96,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
 
 // Headroom of a MergeData message beyond its payloads (header, framing).
 constexpr int64_t kMessageHeadroom = 64 << 10;
-// --max_message_bytes when starting unconfigured and not set.
-constexpr int64_t kUnconfiguredMaxMessageBytes = int64_t{64} << 20;
+// Floors of the derived limits: a later Configure may grow the shape up to
+// them without a restart.
+constexpr int64_t kMinDerivedMessageBytes = int64_t{64} << 20;
+constexpr int64_t kMinDerivedBufferedBytes = int64_t{256} << 20;
 
 // "host:port", "[v6]:port", "unix:..." -> is the listener loopback-only?
 bool IsLoopbackAddress(const std::string& address) {
@@ -178,22 +193,25 @@ absl::Status MergeServer::InitStateAndLimits() {
   } else if (restored.has_value() && restored->configured) {
     shape = restored->spec;
   }
+  // Derived: what the start-up shape needs, at least the floors (a later
+  // Configure may grow up to them; beyond, it is refused naming the flag).
+  const int64_t message = shape.has_value() ? shape->PartialOutBytes(shape->max_tokens) +
+                                                  shape->LseBytes(shape->max_tokens) + kMessageHeadroom
+                                            : 0;
   max_message_bytes_ = options_.max_message_bytes;
-  if (max_message_bytes_ <= 0) {
-    max_message_bytes_ = shape.has_value() ? shape->PartialOutBytes(shape->max_tokens) +
-                                                 shape->LseBytes(shape->max_tokens) + kMessageHeadroom
-                                           : kUnconfiguredMaxMessageBytes;
-  }
+  if (max_message_bytes_ <= 0) max_message_bytes_ = std::max(message, kMinDerivedMessageBytes);
   max_message_bytes_ = std::min<int64_t>(max_message_bytes_, kMaxRankListenerMessageBytes);
   max_buffered_bytes_ = options_.max_buffered_bytes;
   if (max_buffered_bytes_ <= 0) {
-    const int64_t n = shape.has_value() ? shape->num_parts : 8;
-    max_buffered_bytes_ = std::max<int64_t>(int64_t{64} << 20, 4 * n * max_message_bytes_);
+    const int64_t n = shape.has_value() ? shape->num_parts : 1;
+    max_buffered_bytes_ = std::max(kMinDerivedBufferedBytes, 2 * n * message);
   }
   ConfigStore::Options co;
   co.max_layers = options_.max_layers;
   co.max_part_bytes = max_message_bytes_ - kMessageHeadroom;
   co.max_step_bytes = options_.max_pending_bytes;
+  co.max_buffered_bytes = max_buffered_bytes_;
+  co.message_headroom = kMessageHeadroom;
   config_.SetOptions(co);
 
   // 3. Restore, then apply the start-up configuration when it differs.
@@ -353,11 +371,23 @@ absl::Status MergeServer::Init() {
     }
   }
   if (!options_.metrics_address.empty()) {
+    // The device the server merges on: the NCCL plane's, else the CUDA
+    // backend's (device 0, compute_backend.cc).
+    if (backend_name_ == "cuda") {
+      metrics_device_ = options_.data_plane == "nccl" ? options_.nccl.device : 0;
+      auto id = ReadDeviceIdentity(metrics_device_);
+      if (id.ok()) {
+        metrics_device_identity_ = *id;
+      } else {
+        LogWarning("metrics: %s (device series without name and UUID)", id.status().message());
+      }
+    }
     // Scrapes read the state the server keeps (no second bookkeeping).
     auto exporter = metrics::MetricsExporter::Start(
         options_.metrics_address,
         [this] {
           metrics::ServerState st;
+          FillMembershipAndDevice(&st);
           st.stats = GetStats();
           GetConfig(&st.config);
           st.nccl_state = plane_->CommunicatorState();
@@ -438,6 +468,20 @@ absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::SetScales(
   return snap;
 }
 
+void MergeServer::FillMembershipAndDevice(metrics::ServerState* st) const {
+  st->rank_events = ToRankEvents(group_->Counts());
+  if (metrics_device_ < 0) return;
+  metrics::DeviceState d;
+  d.device = metrics_device_;
+  d.name = metrics_device_identity_.name;
+  d.uuid = metrics_device_identity_.uuid;
+  if (auto use = ReadDeviceMemoryUse(metrics_device_); use.ok()) {
+    d.used_bytes = use->used_bytes;
+    d.total_bytes = use->total_bytes;
+  }
+  st->device = d;
+}
+
 void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
   const std::shared_ptr<const ConfigSnapshot> c = config_.Current();
   out->set_configured(c->configured);
@@ -460,6 +504,8 @@ void MergeServer::GetConfig(v1::GetConfigResponse* out) const {
   out->set_backend(backend_name_);
   out->set_data_plane(plane_->kind());
   out->set_draining(draining_.load());
+  out->set_server_version(kVersion);
+  out->set_server_commit(std::string(BuildCommit()));
 }
 
 v1::GetStatsResponse MergeServer::GetStats() const {

@@ -22,6 +22,7 @@
 #include "server/compute_backend.h"
 #include "server/config_store.h"
 #include "server/data_plane.h"
+#include "server/device_memory.h"
 #include "server/group.h"
 #include "server/nccl_data_plane.h"
 #include "server/stats.h"
@@ -32,6 +33,7 @@ namespace dcpmerge {
 namespace metrics {
 class LatencyHistograms;
 class MetricsExporter;
+struct ServerState;
 }  // namespace metrics
 
 // Health service name that is SERVING only while the group is complete and
@@ -76,13 +78,14 @@ struct MergeServerOptions {
   // beyond loopback is refused at start unless this is set.
   bool allow_insecure_rank_address = false;
   // Largest MergeData message accepted (gRPC's receive limit on the rank
-  // listener). 0: one part of the configuration (partial_out + lse at
-  // max_tokens) + 64 KiB; 64 MiB when starting unconfigured. A later
+  // listener). 0: derived from the start-up configuration: one part
+  // (partial_out + lse at max_tokens) + 64 KiB, at least 64 MiB. A later
   // Configure beyond it is refused.
   int64_t max_message_bytes = 0;
   // gRPC's memory quota of the rank listener: bytes of messages still
   // arriving. Beyond, gRPC resets the stream (the client sees
-  // RESOURCE_EXHAUSTED). 0: max(64 MiB, 4 x N x max_message_bytes).
+  // RESOURCE_EXHAUSTED). 0: max(256 MiB, 2 x N x (part + 64 KiB)). A later
+  // Configure whose two messages per rank would not fit is refused.
   int64_t max_buffered_bytes = 0;
   // Threads for sync handlers (RankControl, health, reflection) per
   // listener; beyond, calls get RESOURCE_EXHAUSTED.
@@ -173,6 +176,8 @@ class MergeServer {
 
  private:
   explicit MergeServer(MergeServerOptions options);
+  // The rank event counters and the device series of a scrape.
+  void FillMembershipAndDevice(metrics::ServerState* st) const;
   absl::Status Init();
   // State file + limits derived from the configuration (before the
   // listeners exist).
@@ -205,6 +210,10 @@ class MergeServer {
   int admin_port_ = 0;
   std::unique_ptr<metrics::MetricsExporter> metrics_;
   int metrics_port_ = 0;
+  // The CUDA device the metrics report (-1: none, CPU backend) and its
+  // name and UUID, read once at start.
+  int metrics_device_ = -1;
+  DeviceIdentity metrics_device_identity_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> shut_down_{false};
   absl::Mutex health_mu_;

@@ -445,7 +445,8 @@ void NcclDataPlane::Rotate(const std::string& why) {
   for (const MemberInfo& m : group_->Members()) {
     group_->MarkLost(m.rank, m.session_id,
                      absl::StrCat("NCCL communicator generation ", old_generation,
-                                  " aborted (", why, "); join again"));
+                                  " aborted (", why, "); join again"),
+                     MemberEnd::kCommunicatorAborted);
   }
   {
     absl::MutexLock lock(&mu_);

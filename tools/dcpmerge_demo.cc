@@ -34,6 +34,7 @@
 #include "base/log.h"
 #include "base/percentile.h"
 #include "base/rng.h"
+#include "base/version_flag.h"
 #include "client/rank_client.h"
 #include "common/group_spec.h"
 #include "common/join_secret.h"
@@ -398,6 +399,7 @@ int Run() {
 }  // namespace dcpmerge
 
 int main(int argc, char** argv) {
+  dcpmerge::UseVersionFlag("dcpmerge_demo");
   absl::SetProgramUsageMessage("dcpmerge_demo: server + simulated DCP ranks on loopback");
   absl::ParseCommandLine(argc, argv);
   dcpmerge::KeepFreedBuffersInHeap();

@@ -11,6 +11,7 @@
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
+#include "base/version_flag.h"
 #include "client/rank_client.h"
 #include "kernels/numeric.h"
 
@@ -19,6 +20,7 @@ ABSL_FLAG(int32_t, rank, 0, "This rank");
 ABSL_FLAG(int32_t, world_size, 1, "Ranks in the group (N)");
 
 int main(int argc, char** argv) {
+  dcpmerge::UseVersionFlag("merge_example");
   absl::ParseCommandLine(argc, argv);
   dcpmerge::RankClientOptions options;
   options.target = absl::GetFlag(FLAGS_target);

@@ -1,10 +1,11 @@
-// Instantiates the merge kernels (merge_kernel.cuh), picks a schedule from
-// the shape and launches.
+// Picks a schedule for the merge kernels (merge_kernel.cuh) from the shape
+// and launches them (merge_kernel_dispatch.cuh).
 //
 // Kernels: [input dtype][output mode][parts per thread], from one template
 // each (MergeRowsKernel, MergeTokenKernel for per-token). Parts per thread
 // (PPT) is 2, 4, 8 or 16 with a 16-entry part table (N <= 16), or 4 or 16
-// with the full 64-entry table: 3 x 4 x 6 = 72 kernels.
+// with the full 64-entry table: 3 x 4 x 6 = 72 kernels, compiled per dtype
+// in merge_kernel_{f32,f16,bf16}.cu.
 //
 // Schedule (P = part groups, V = items per CTA; merge_kernel.cuh):
 //   PPT is the smallest bucket >= N for N <= 8 (P = 1); 4 for N = 9..16
@@ -31,6 +32,7 @@
 #include <atomic>
 
 #include "kernels/cuda/merge_kernel.cuh"
+#include "kernels/cuda/merge_kernel_dispatch.cuh"
 #include "kernels/cuda/merge_kernel_launch.h"
 
 namespace dcpmerge {
@@ -42,44 +44,8 @@ constexpr int64_t kSplitItemsPerSm = 64;
 // Thread-block cluster size for per-token decode: 16, the non-portable
 // maximum of sm_90 (a token spread over more SMs; measured faster than 8).
 constexpr int kMaxClusterCtas = 16;
-constexpr int kMaxPortableClusterCtas = 8;
 // Per-token staging of merged values in shared memory, per CTA.
 constexpr int64_t kMaxStageBytes = 96 << 10;
-
-template <int kCap>
-using KernelFn = void (*)(KernelArgs<kCap>);
-
-template <typename T, int MODE, int PPT, int kCap>
-constexpr KernelFn<kCap> KernelFor() {
-  if constexpr (MODE == kModeFp8PerToken) {
-    return &MergeTokenKernel<T, PPT, kCap>;
-  } else {
-    return &MergeRowsKernel<T, MODE, PPT, kCap>;
-  }
-}
-
-// [mode][PPT bucket] for one dtype and part-table size.
-template <typename T, int kCap, int... kPpt>
-struct KernelTable {
-  static constexpr int kPpts[] = {kPpt...};
-  KernelFn<kCap> fn[4][sizeof...(kPpt)] = {
-      {KernelFor<T, kModeFp8PerTensor, kPpt, kCap>()...},
-      {KernelFor<T, kModeFp8PerToken, kPpt, kCap>()...},
-      {KernelFor<T, kModeFp8PerGroup, kPpt, kCap>()...},
-      {KernelFor<T, kModePassthrough, kPpt, kCap>()...},
-  };
-  KernelFn<kCap> Get(int mode, int ppt) const {
-    for (int i = 0; i < static_cast<int>(sizeof...(kPpt)); ++i)
-      if (kPpts[i] == ppt) return fn[mode][i];
-    return nullptr;
-  }
-};
-
-template <typename T>
-struct DTypeKernels {
-  KernelTable<T, kSmallPartTable, 2, 4, 8, 16> small;
-  KernelTable<T, kMaxParts, 4, 16> full;
-};
 
 struct DeviceInfo {
   int sms = 0;
@@ -134,17 +100,6 @@ int PptBucket(int x, bool full_table) {
 }
 
 bool Splittable(int ppt, bool full_table) { return full_table || ppt == 4; }
-
-struct Plan {
-  int ppt = 0;
-  int part_groups = 1;
-  int threads = 0;
-  int ctas_per_token = 1;
-  int64_t grid = 0;
-  int stage_bytes = 0;
-  int smem = 0;
-  bool pdl = false;
-};
 
 void SetPpt(int n, int ppt, bool full, Plan* plan) {
   if (CeilDiv(n, ppt) > 1 && !Splittable(ppt, full)) ppt = 4;
@@ -253,63 +208,6 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
   return cudaSuccess;
 }
 
-template <int kCap>
-cudaError_t Launch(KernelFn<kCap> fn, const MergeKernelParams& params, const Schedule& sc,
-                   const Plan& plan, cudaStream_t stream) {
-  if (fn == nullptr) return cudaErrorInvalidValue;
-  KernelArgs<kCap> args;
-  args.problem = params.problem;
-  args.sched = sc;
-  for (int i = 0; i < kCap; ++i) {
-    args.part_out[i] = i < params.problem.num_parts ? params.part_out[i] : nullptr;
-    args.part_lse[i] = i < params.problem.num_parts ? params.part_lse[i] : nullptr;
-  }
-  cudaLaunchAttribute attrs[2];
-  int num_attrs = 0;
-  if (plan.pdl) {
-    attrs[num_attrs].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attrs[num_attrs].val.programmaticStreamSerializationAllowed = 1;
-    ++num_attrs;
-  }
-  if (plan.ctas_per_token > 1) {
-    attrs[num_attrs].id = cudaLaunchAttributeClusterDimension;
-    attrs[num_attrs].val.clusterDim.x = static_cast<unsigned>(plan.ctas_per_token);
-    attrs[num_attrs].val.clusterDim.y = 1;
-    attrs[num_attrs].val.clusterDim.z = 1;
-    ++num_attrs;
-  }
-  // Clusters above the portable size need the kernel's consent (sm_90: 16).
-  if (plan.ctas_per_token > kMaxPortableClusterCtas) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(fn, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-  }
-  // Above 48 KB a kernel takes shared memory only when allowed to.
-  if (plan.smem > (48 << 10)) {
-    const cudaError_t err =
-        cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, plan.smem);
-    if (err != cudaSuccess) return err;
-  }
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(plan.grid));
-  cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
-  cfg.dynamicSmemBytes = static_cast<size_t>(plan.smem);
-  cfg.stream = stream;
-  cfg.attrs = attrs;
-  cfg.numAttrs = static_cast<unsigned>(num_attrs);
-  const cudaError_t err = cudaLaunchKernelEx(&cfg, fn, args);
-  return err != cudaSuccess ? err : cudaGetLastError();
-}
-
-template <typename T>
-cudaError_t LaunchFor(const MergeKernelParams& params, int mode, const Schedule& sc,
-                      const Plan& plan, cudaStream_t stream) {
-  static const DTypeKernels<T> kernels;
-  if (params.problem.num_parts <= kSmallPartTable)
-    return Launch(kernels.small.Get(mode, plan.ppt), params, sc, plan, stream);
-  return Launch(kernels.full.Get(mode, plan.ppt), params, sc, plan, stream);
-}
-
 }  // namespace
 
 cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype, int32_t mode,
@@ -334,9 +232,9 @@ cudaError_t LaunchMergeKernel(const MergeKernelParams& params, int32_t dtype, in
   err = MakePlan(p, mode, vec, dev, options, &sc, &plan);
   if (err != cudaSuccess) return err;
   switch (dtype) {
-    case kKernelF32: return LaunchFor<float>(params, mode, sc, plan, stream);
-    case kKernelF16: return LaunchFor<__half>(params, mode, sc, plan, stream);
-    default: return LaunchFor<__nv_bfloat16>(params, mode, sc, plan, stream);
+    case kKernelF32: return LaunchPlanned<float>(params, mode, sc, plan, stream);
+    case kKernelF16: return LaunchPlanned<__half>(params, mode, sc, plan, stream);
+    default: return LaunchPlanned<__nv_bfloat16>(params, mode, sc, plan, stream);
   }
 }
 

@@ -22,15 +22,17 @@
 //      DRAM round trip, PPT vectors in flight per thread);
 //   2. it reduces them to a partial state: m_g = max finite L_i,
 //      s_g = sum w_i, acc_g = sum w_i * O_i with w_i = exp(L_i - m_g) over
-//      its non-empty parts (an empty part's payload is never used);
+//      its non-empty parts, branch-free (an empty part's payload bits are
+//      masked to +0, so its garbage never reaches the sums);
 //   3. with P > 1 the groups 1..P-1 hand their states to group 0 through
 //      shared memory, which combines them with weights exp(m_g - m),
 //      m = max m_g (the split-softmax rescaling);
 //   4. group 0 normalises (O = acc / s, L = m + log s) and emits.
-// P = 1 (no shared memory, no barrier) suits grids that fill the GPU; at
-// decode, where a grid is a few hundred items, P > 1 spreads an item's N
-// loads over P threads and so over P times as many SMs. The launcher
-// (merge_kernel.cu) picks P and V from the shape.
+// P = 1 (no shared memory, no barrier) is fastest up to N = 8; from N = 9
+// on, P = ceil(N / 4) threads of four parts each beat one thread of N
+// (more loads in flight per register, and a decode step of a few hundred
+// items spreads over P times as many SMs). The launcher (merge_kernel.cu)
+// picks PPT, P and V from the shape; docs/benchmarks.md has the numbers.
 //
 // Emit, per mode (group 0 only):
 //   kModePassthrough   RNE to T, one 16-byte store per item;

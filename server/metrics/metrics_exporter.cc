@@ -1,16 +1,24 @@
 #include "server/metrics/metrics_exporter.h"
 
+#include <zlib.h>
+
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <map>
 #include <utility>
 
+#include "CivetServer.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "base/version.h"
+#include "civetweb.h"
 #include "common/names.h"
-#include "prometheus/collectable.h"
-#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
+#include "server/metrics/process_metrics.h"
 
 namespace dcpmerge::metrics {
 namespace {
@@ -130,6 +138,116 @@ MetricFamily LatencyHistograms::Collect() const {
   return f;
 }
 
+// ------------------------------- build, membership, device; scrape aids ---
+namespace {
+
+// dcpmerge_build_info, the rank event counters and the device series.
+void AppendBuildMembershipAndDevice(const ServerState& state, std::vector<MetricFamily>* out) {
+  const v1::GetConfigResponse& c = state.config;
+  MetricFamily build = Family("dcpmerge_build_info",
+                              "Always 1; labels: release version, build commit, compute backend and data plane",
+                              MetricType::Gauge);
+  build.metric.push_back(Value(MetricType::Gauge, 1.0,
+                               {{"version", kVersion},
+                                {"commit", std::string(BuildCommit())},
+                                {"backend", c.backend().empty() ? "unknown" : c.backend()},
+                                {"data_plane", DataPlaneName(c.data_plane())}}));
+  out->push_back(std::move(build));
+
+  const RankEvents& ev = state.rank_events;
+  out->push_back(Single("dcpmerge_rank_joins_total", "Ranks that joined the group (each successful Join)",
+                        MetricType::Counter, static_cast<double>(ev.joins)));
+  MetricFamily leaves = Family("dcpmerge_rank_leaves_total",
+                               "Memberships the group ended in order, by reason: requested = the rank called "
+                               "Leave, reconfigured = a Configure changed the shape",
+                               MetricType::Counter);
+  for (const auto& [reason, n] : ev.leaves) {
+    leaves.metric.push_back(Value(MetricType::Counter, static_cast<double>(n), {{"reason", reason}}));
+  }
+  out->push_back(std::move(leaves));
+  MetricFamily drops = Family("dcpmerge_rank_drops_total",
+                              "Members lost, by reason: heartbeat_timeout, stream_broken (gRPC data stream), "
+                              "replaced (another process took the rank over), communicator_aborted (NCCL)",
+                              MetricType::Counter);
+  for (const auto& [reason, n] : ev.drops) {
+    drops.metric.push_back(Value(MetricType::Counter, static_cast<double>(n), {{"reason", reason}}));
+  }
+  out->push_back(std::move(drops));
+
+  if (state.device.has_value()) {
+    const DeviceState& d = *state.device;
+    const std::string dev = absl::StrCat(d.device);
+    MetricFamily info = Family("dcpmerge_device_info",
+                               "Always 1; the CUDA device the server merges on: index, name and UUID",
+                               MetricType::Gauge);
+    info.metric.push_back(
+        Value(MetricType::Gauge, 1.0, {{"device", dev}, {"name", d.name}, {"uuid", d.uuid}}));
+    out->push_back(std::move(info));
+    MetricFamily used = Family("dcpmerge_device_memory_used_bytes",
+                               "Memory in use on the server's CUDA device (total - free, cudaMemGetInfo): the "
+                               "whole device, so other processes on it count too",
+                               MetricType::Gauge);
+    used.metric.push_back(Value(MetricType::Gauge, static_cast<double>(d.used_bytes), {{"device", dev}}));
+    out->push_back(std::move(used));
+    MetricFamily total = Family("dcpmerge_device_memory_total_bytes", "Memory of the server's CUDA device",
+                                MetricType::Gauge);
+    total.metric.push_back(Value(MetricType::Gauge, static_cast<double>(d.total_bytes), {{"device", dev}}));
+    out->push_back(std::move(total));
+  }
+}
+
+// A sample that would print as "Nan" (prometheus-cpp's spelling, not the
+// format's "NaN"). Nothing here produces one; a scrape drops such a sample
+// rather than serve it.
+bool HasNan(const ClientMetric& m, MetricType type) {
+  switch (type) {
+    case MetricType::Counter:
+      return std::isnan(m.counter.value);
+    case MetricType::Gauge:
+      return std::isnan(m.gauge.value);
+    case MetricType::Untyped:
+      return std::isnan(m.untyped.value);
+    case MetricType::Histogram:
+      return std::isnan(m.histogram.sample_sum);
+    case MetricType::Summary:
+      if (std::isnan(m.summary.sample_sum)) return true;
+      for (const auto& q : m.summary.quantile) {
+        if (std::isnan(q.value)) return true;
+      }
+      return false;
+    default:
+      return false;
+  }
+}
+
+void DropNan(std::vector<MetricFamily>* families) {
+  for (MetricFamily& f : *families) {
+    std::vector<ClientMetric> kept;
+    kept.reserve(f.metric.size());
+    for (ClientMetric& m : f.metric) {
+      if (!HasNan(m, f.type)) kept.push_back(std::move(m));
+    }
+    f.metric = std::move(kept);
+  }
+}
+
+// gzip (RFC 1952) of `in`; empty on failure.
+std::string Gzip(const std::string& in) {
+  z_stream zs{};
+  if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return {};
+  std::string out(deflateBound(&zs, in.size()), '\0');
+  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(in.data()));
+  zs.avail_in = static_cast<uInt>(in.size());
+  zs.next_out = reinterpret_cast<Bytef*>(out.data());
+  zs.avail_out = static_cast<uInt>(out.size());
+  const int rc = deflate(&zs, Z_FINISH);
+  out.resize(zs.total_out);
+  deflateEnd(&zs);
+  return rc == Z_STREAM_END ? out : std::string();
+}
+
+}  // namespace
+
 // -------------------------------------------------------------- families ---
 std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyHistograms* histograms) {
   const v1::GetStatsResponse& s = state.stats;
@@ -201,6 +319,7 @@ std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyH
                               {{"backend", c.backend().empty() ? "unknown" : c.backend()},
                                {"data_plane", DataPlaneName(c.data_plane())}}));
   out.push_back(std::move(info));
+  AppendBuildMembershipAndDevice(state, &out);
 
   MetricFamily nccl = Family("dcpmerge_nccl_communicator_state",
                              "NCCL communicator state: 1 for the current state, 0 for the others",
@@ -214,15 +333,68 @@ std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyH
 }
 
 // -------------------------------------------------------------- exporter ---
-class MetricsExporter::Collector : public prometheus::Collectable {
+// GET /metrics: the server's families, the process families, then the
+// exporter's own series under prometheus-cpp's names (so dashboards that
+// used them keep working). exposer_request_latencies is a summary without
+// quantiles (_count and _sum, microseconds): prometheus-cpp's quantiles over
+// a 60 s window printed "Nan" whenever the window held no scrape, e.g. on
+// the first scrape.
+class MetricsExporter::Handler : public CivetHandler {
  public:
-  Collector(std::function<ServerState()> source, const LatencyHistograms* histograms)
+  Handler(std::function<ServerState()> source, const LatencyHistograms* histograms)
       : source_(std::move(source)), histograms_(histograms) {}
-  std::vector<MetricFamily> Collect() const override { return BuildFamilies(source_(), histograms_); }
+
+  bool handleGet(CivetServer*, mg_connection* conn) override {
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<MetricFamily> families = BuildFamilies(source_(), histograms_);
+    if (absl::StatusOr<ProcessStats> p = ReadProcessStats(); p.ok()) {
+      for (MetricFamily& f : ProcessFamilies(*p)) families.push_back(std::move(f));
+    }
+    {
+      absl::MutexLock lock(&mu_);
+      families.push_back(Single("exposer_scrapes_total", "Number of times metrics were scraped",
+                                MetricType::Counter, static_cast<double>(scrapes_)));
+      families.push_back(Single("exposer_transferred_bytes_total", "Transferred bytes to metrics services",
+                                MetricType::Counter, static_cast<double>(bytes_)));
+      MetricFamily lat = Family("exposer_request_latencies",
+                                "Latencies of serving scrape requests, in microseconds (count and sum only)",
+                                MetricType::Summary);
+      ClientMetric m;
+      m.summary.sample_count = scrapes_;
+      m.summary.sample_sum = latency_sum_us_;
+      lat.metric.push_back(std::move(m));
+      families.push_back(std::move(lat));
+    }
+    DropNan(&families);
+    const std::string body = prometheus::TextSerializer().Serialize(families);
+
+    const char* accept = mg_get_header(conn, "Accept-Encoding");
+    const std::string gz = accept != nullptr && std::strstr(accept, "gzip") != nullptr ? Gzip(body) : "";
+    const std::string& sent = gz.empty() ? body : gz;
+    mg_printf(conn,
+              "HTTP/1.1 200 OK\r\n"
+              "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+              "%s"
+              "Content-Length: %lu\r\n\r\n",
+              gz.empty() ? "" : "Content-Encoding: gzip\r\n", static_cast<unsigned long>(sent.size()));
+    mg_write(conn, sent.data(), sent.size());
+
+    const double us =
+        std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
+    absl::MutexLock lock(&mu_);
+    ++scrapes_;
+    bytes_ += sent.size();
+    latency_sum_us_ += us;
+    return true;
+  }
 
  private:
   std::function<ServerState()> source_;
   const LatencyHistograms* histograms_;
+  absl::Mutex mu_;
+  uint64_t scrapes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  double latency_sum_us_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(const std::string& address,
@@ -236,15 +408,16 @@ absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(const st
         absl::StrCat("metrics_address: '", address, "' is not host:port (e.g. 0.0.0.0:9400)"));
   }
   std::unique_ptr<MetricsExporter> e(new MetricsExporter());
-  e->collector_ = std::make_shared<Collector>(std::move(source), histograms);
+  e->handler_ = std::make_unique<Handler>(std::move(source), histograms);
   try {
     // One HTTP thread: scrapes are rare and each one takes a snapshot.
-    e->exposer_ = std::make_unique<prometheus::Exposer>(address, 1);
+    e->server_ = std::make_unique<CivetServer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", "1"});
   } catch (const std::exception& ex) {
     return absl::UnavailableError(absl::StrCat("metrics_address: cannot listen on ", address, ": ", ex.what()));
   }
-  e->exposer_->RegisterCollectable(e->collector_, "/metrics");
-  const std::vector<int> ports = e->exposer_->GetListeningPorts();
+  e->server_->addHandler("/metrics", e->handler_.get());
+  const std::vector<int> ports = e->server_->getListeningPorts();
   if (ports.empty() || ports[0] <= 0) {
     return absl::UnavailableError(absl::StrCat("metrics_address: no listening port for ", address));
   }
@@ -253,8 +426,8 @@ absl::StatusOr<std::unique_ptr<MetricsExporter>> MetricsExporter::Start(const st
 }
 
 MetricsExporter::~MetricsExporter() {
-  // The HTTP server's threads stop here, before the collector goes away.
-  exposer_.reset();
+  // The HTTP server's threads stop here, before the handler goes away.
+  server_.reset();
 }
 
 }  // namespace dcpmerge::metrics

@@ -9,6 +9,9 @@
 //    a few relaxed atomic adds, no lock), because the server's own latency
 //    windows keep percentiles of recent samples, not cumulative buckets.
 //
+// Besides the server's families: dcpmerge_build_info, the process_* series
+// read from /proc/self (Linux), and the exporter's own scrape counters.
+//
 // Metric names are listed in docs/operations.md ("Metrics").
 #ifndef DCPMERGE_SERVER_METRICS_METRICS_EXPORTER_H_
 #define DCPMERGE_SERVER_METRICS_METRICS_EXPORTER_H_
@@ -17,7 +20,9 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -26,9 +31,7 @@
 #include "dcpmerge/v1/admin.pb.h"
 #include "prometheus/metric_family.h"
 
-namespace prometheus {
-class Exposer;
-}
+class CivetServer;
 
 namespace dcpmerge::metrics {
 
@@ -42,14 +45,33 @@ inline constexpr std::array<const char*, 4> kPhaseNames = {"receive", "merge", "
 inline constexpr std::array<const char*, 5> kNcclStates = {"unused", "uninitialized", "initializing", "ready",
                                                            "aborted"};
 
+// Rank membership events since the server started, by reason (label
+// values; the server lists every reason it has, zeros included, so each
+// series exists from the first scrape).
+struct RankEvents {
+  uint64_t joins = 0;
+  std::map<std::string, uint64_t> leaves;  // the group ended the membership in order
+  std::map<std::string, uint64_t> drops;   // the member was lost
+};
+
+// The CUDA device the server merges on (CUDA backend only).
+struct DeviceState {
+  int device = 0;            // CUDA device index, as the server sees it
+  std::string name;          // e.g. "NVIDIA H200"
+  std::string uuid;          // "GPU-..." (as nvidia-smi and DCGM print it), or ""
+  uint64_t used_bytes = 0;   // total - free (cudaMemGetInfo): the whole device
+  uint64_t total_bytes = 0;
+};
+
 // Cumulative latency histograms, one per phase, fixed buckets. Observe is
 // thread-safe and lock-free. The server feeds it from its Stats.
 class LatencyHistograms {
  public:
-  // Upper bounds in microseconds (+Inf is implicit): 10 us .. 10 s.
-  static constexpr std::array<double, 19> kBoundsUs = {
-      10,     25,     50,     100,     250,     500,     1000,    2500,    5000,   10000,
-      25000,  50000,  100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
+  // Upper bounds in microseconds (+Inf is implicit): 1 us .. 10 s, 1-2.5-5
+  // per decade (a GPU merge takes 1-6 us).
+  static constexpr std::array<double, 22> kBoundsUs = {
+      1,     2.5,    5,      10,     25,     50,      100,     250,     500,     1000,    2500,
+      5000,  10000,  25000,  50000,  100000, 250000,  500000,  1000000, 2500000, 5000000, 10000000};
 
   // phase: index into kPhaseNames. Negative or NaN durations count as 0.
   void Observe(int phase, double us);
@@ -83,6 +105,8 @@ struct LimitsState {
 
 // What the exporter reads at every scrape.
 struct ServerState {
+  RankEvents rank_events;
+  std::optional<DeviceState> device;  // absent: CPU backend (no device series)
   v1::GetStatsResponse stats;
   v1::GetConfigResponse config;
   std::string nccl_state = "unused";  // one of kNcclStates
@@ -108,11 +132,15 @@ class MetricsExporter {
   int port() const { return port_; }
 
  private:
-  class Collector;
+  class Handler;
   MetricsExporter() = default;
 
-  std::shared_ptr<Collector> collector_;
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  // The HTTP server (civetweb) and the handler of GET /metrics: the
+  // server's families, the process families and the exporter's own.
+  // (prometheus::Exposer's handler is not used: its scrape-latency summary
+  // printed "Nan" quantiles while it had no sample in its window.)
+  std::unique_ptr<Handler> handler_;
+  std::unique_ptr<CivetServer> server_;
   int port_ = 0;
 };
 

@@ -128,6 +128,22 @@ check_running
 stop_server "$server_pid"
 echo "ok: entrypoint + env vars, health, get-config, metrics, SIGTERM -> 0"
 
+# DCPMERGE_LOG_FORMAT=json reaches the server: a start that fails (an
+# unknown data plane) logs JSON lines, with the year in the time.
+rc=0
+out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_LOG_FORMAT=json DCPMERGE_DATA_PLANE=bogus \
+  DCPMERGE_RANK_ADDRESS=127.0.0.1:0 DCPMERGE_ADMIN_ADDRESS=127.0.0.1:0 DCPMERGE_METRICS_ADDRESS=off \
+  DCPMERGE_HEALTH_ADDRESS=off DCPMERGE_BACKEND=cpu "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
+[[ $rc -eq 1 ]] || fail "data plane bogus: exit $rc, want 1 ($out)"
+grep -qE '^\{"time":"20[0-9]{2}-[0-9]{2}-[0-9]{2}T[^"]*Z","level":"error","component":"dcpmerge","message":"cannot start: .*data_plane' <<<"$out" \
+  || fail "DCPMERGE_LOG_FORMAT=json: not a JSON error line: $out"
+# The bundled binaries answer --version.
+out=$("$home/run.sh" dcpmerge_server --version) || fail "dcpmerge_server --version: exit $?"
+grep -qE '^dcpmerge_server [0-9]+\.[0-9]+\.[0-9]+ \(commit ' <<<"$out" || fail "dcpmerge_server --version: $out"
+out=$(ctl --version) || fail "dcpmergectl --version: exit $?"
+grep -qE '^dcpmergectl [0-9]+\.[0-9]+\.[0-9]+ \(commit ' <<<"$out" || fail "dcpmergectl --version: $out"
+echo "ok: DCPMERGE_LOG_FORMAT=json gives JSON log lines; --version in the bundle"
+
 # A mistyped variable is refused, not ignored.
 rc=0
 out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_WORLDSIZE=2 \

@@ -211,7 +211,7 @@ TEST(HardeningE2ETest, JoinHostCannotForgeOrFloodTheLog) {
   };
   const Case cases[] = {{"node-7\n" + forged, grpc::StatusCode::OK},
                         {std::string(4096, 'h'), grpc::StatusCode::INVALID_ARGUMENT},
-                        {std::string(1 << 20, 'h'), grpc::StatusCode::RESOURCE_EXHAUSTED}};
+                        {std::string(1 << 20, 'h'), grpc::StatusCode::INVALID_ARGUMENT}};
   for (int i = 0; i < 10; ++i) {
     for (const Case& c : cases) {
       grpc::ClientContext ctx;
@@ -357,7 +357,8 @@ TEST(HardeningE2ETest, LimitsAreMetrics) {
   EXPECT_EQ(e.types["dcpmerge_auth_failures_total"], "counter");
   EXPECT_EQ(e.types["dcpmerge_heap_free_bytes"], "gauge");
   EXPECT_EQ(e.Get("dcpmerge_limit{limit=\"max_streams\"}"), 77);
-  EXPECT_EQ(e.Get("dcpmerge_limit{limit=\"max_message_bytes\"}"), kT * kH * kD * 2 + kT * kH * 4 + (64 << 10));
+  EXPECT_EQ(e.Get("dcpmerge_limit{limit=\"max_message_bytes\"}"), 64 << 20);  // the derived floor
+  EXPECT_EQ(e.Get("dcpmerge_limit{limit=\"max_buffered_bytes\"}"), 256 << 20);
   EXPECT_EQ(e.Get("dcpmerge_limit{limit=\"max_layers\"}"), 4096);
   EXPECT_EQ(e.Get("dcpmerge_limit_refusals_total{limit=\"max_pending_steps_per_rank\"}"), 0);
   EXPECT_EQ(e.Get("dcpmerge_group_stalled"), 0);

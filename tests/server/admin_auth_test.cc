@@ -34,5 +34,13 @@ TEST(AdminAuthTest, TokenFromFileThenEnv) {
   EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
 }
 
+// SHA-256 known answers (FIPS 180-2): the first 4 bytes, in hex.
+TEST(AdminAuthTest, TokenFingerprintIsAShortSha256) {
+  EXPECT_EQ(TokenFingerprint("abc"), "ba7816bf");
+  EXPECT_EQ(TokenFingerprint("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"), "248d6a61");
+  EXPECT_EQ(TokenFingerprint(""), "none");
+  EXPECT_NE(TokenFingerprint("abd"), TokenFingerprint("abc"));
+}
+
 }  // namespace
 }  // namespace dcpmerge

@@ -1,6 +1,8 @@
 #include "server/group.h"
 
 #include <atomic>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "gmock/gmock.h"
@@ -117,6 +119,68 @@ TEST(GroupTest, WatchdogDropsSilentMembers) {
   EXPECT_EQ(lost.load(), 1);
   EXPECT_EQ(g.MissingRanks(), std::vector<int32_t>{1});
   EXPECT_TRUE(g.CheckSession(0, *s0).ok());
+}
+
+// Every way a membership ends is counted once, under its reason; a drop
+// of a slot nobody holds counts nothing.
+TEST(GroupTest, CountsJoinsAndEveryEndByReason) {
+  ConfigStore store;
+  auto cfg = Configured(store, 2);
+  Group g(absl::Milliseconds(50));
+  auto end_count = [&g](MemberEnd e) { return g.Counts().ends[static_cast<int>(e)]; };
+  EXPECT_EQ(g.Counts().joins, 0u);
+
+  auto a = g.Join(Info(0, 2), *cfg);
+  ASSERT_TRUE(a.ok());
+  ASSERT_TRUE(g.Leave(0, *a).ok());
+  EXPECT_EQ(end_count(MemberEnd::kLeft), 1u);
+  EXPECT_FALSE(g.Leave(0, *a).ok());  // already gone: not counted again
+  EXPECT_EQ(end_count(MemberEnd::kLeft), 1u);
+
+  auto b = g.Join(Info(0, 2), *cfg);
+  ASSERT_TRUE(b.ok());
+  JoinInfo again = Info(0, 2);
+  again.replace_existing = true;
+  auto c = g.Join(again, *cfg);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(end_count(MemberEnd::kReplaced), 1u);
+
+  g.MarkLost(0, *b, "stale session");  // not the live one: nothing
+  EXPECT_EQ(end_count(MemberEnd::kStreamBroken), 0u);
+  g.MarkLost(0, *c, "stream broken");
+  EXPECT_EQ(end_count(MemberEnd::kStreamBroken), 1u);
+
+  auto d = g.Join(Info(0, 2), *cfg);
+  ASSERT_TRUE(d.ok());
+  g.MarkLost(0, *d, "communicator aborted", MemberEnd::kCommunicatorAborted);
+  EXPECT_EQ(end_count(MemberEnd::kCommunicatorAborted), 1u);
+
+  auto e = g.Join(Info(0, 2), *cfg);
+  auto f = g.Join(Info(1, 2), *cfg);
+  ASSERT_TRUE(e.ok() && f.ok());
+  g.Reset(2, "shape changed");  // two members, two ends
+  EXPECT_EQ(end_count(MemberEnd::kReconfigured), 2u);
+
+  auto h = g.Join(Info(1, 2), *cfg);
+  ASSERT_TRUE(h.ok());
+  g.ExpireStale(absl::Now() + absl::Seconds(1));
+  EXPECT_EQ(end_count(MemberEnd::kHeartbeatTimeout), 1u);
+
+  EXPECT_EQ(g.Counts().joins, 7u);
+  uint64_t ends = 0;
+  for (uint64_t n : g.Counts().ends) ends += n;
+  EXPECT_EQ(ends, 7u) << "every member that joined has ended, each counted once";
+}
+
+TEST(GroupTest, MemberEndNamesAndKinds) {
+  std::set<std::string> names;
+  for (int i = 0; i < kNumMemberEnds; ++i) names.insert(MemberEndName(static_cast<MemberEnd>(i)));
+  EXPECT_EQ(names, (std::set<std::string>{"requested", "reconfigured", "heartbeat_timeout", "stream_broken",
+                                          "replaced", "communicator_aborted"}));
+  EXPECT_TRUE(IsOrderlyEnd(MemberEnd::kLeft));
+  EXPECT_TRUE(IsOrderlyEnd(MemberEnd::kReconfigured));
+  EXPECT_FALSE(IsOrderlyEnd(MemberEnd::kHeartbeatTimeout));
+  EXPECT_FALSE(IsOrderlyEnd(MemberEnd::kReplaced));
 }
 
 }  // namespace

@@ -268,12 +268,14 @@ TEST_F(HardeningTest, LyingLengthPrefixIsCutOffAtTheBufferQuota) {
     }
     if (!(end.ended || end.reset || end.closed || end.goaway)) end = h.WaitStreamEnd(1, absl::Seconds(5));
     EXPECT_TRUE(end.reset || end.ended) << end.Describe() << " after " << sent_mib << " MiB";
-    // ENHANCE_YOUR_CALM (clients: RESOURCE_EXHAUSTED) or RESOURCE_EXHAUSTED
-    // trailers; a prefix of 2^31 or more gRPC 1.51 itself resets as a
-    // PROTOCOL_ERROR (its length overflows).
-    EXPECT_TRUE((end.reset && (end.rst_code == 11 || (prefix >= 0x80000000u && end.rst_code == 1))) ||
-                end.grpc_status == 8)
+    // gRPC cut the stream: ENHANCE_YOUR_CALM once the buffer quota is
+    // reached (gRPC clients report RESOURCE_EXHAUSTED), RESOURCE_EXHAUSTED
+    // trailers, or PROTOCOL_ERROR when the sender overran the flow-control
+    // window it was given (a prefix beyond the message limit gets no window
+    // for the whole message; one of 2^31 or more overflows gRPC's length).
+    EXPECT_TRUE((end.reset && (end.rst_code == 11 || end.rst_code == 1)) || end.grpc_status == 8)
         << end.Describe();
+    std::printf("prefix %u: %s after %d MiB\n", prefix, end.Describe().c_str(), sent_mib);
     EXPECT_LE(sent_mib, 8 + 4) << "the server buffered far more than --max_buffered_bytes";
   }
   // The group is intact.
@@ -281,12 +283,28 @@ TEST_F(HardeningTest, LyingLengthPrefixIsCutOffAtTheBufferQuota) {
   for (auto& r : Step(ranks, 1)) EXPECT_TRUE(r.ok()) << r.status();
 }
 
-// A whole message beyond the limit the configuration implies (one part +
-// 64 KiB) fails the stream with RESOURCE_EXHAUSTED naming both sizes.
-// Before: the rank listener took 400 MiB messages whatever the shape.
+// The message limit is derived from the shape (one part + 64 KiB, at least
+// 64 MiB) and can be set; a whole message beyond it fails the stream with
+// RESOURCE_EXHAUSTED naming both sizes, and a Configure beyond it is
+// refused. Before: the rank listener took 400 MiB messages whatever the
+// shape.
 TEST_F(HardeningTest, MessageLimitComesFromTheShape) {
-  Start(BaseOptions(2));
-  // SmallConfig(2), 8 tokens: a part is 8*2*64*2 + 8*2*4 = 2112 bytes.
+  {
+    SetLogQuiet(true);
+    auto small = MergeServer::Start(BaseOptions(2));
+    ASSERT_TRUE(small.ok());
+    EXPECT_EQ((*small)->max_message_bytes(), int64_t{64} << 20);  // the floor
+    MergeServerOptions big = BaseOptions(2, /*max_tokens=*/4096);
+    big.initial_config->set_num_heads(16);
+    big.initial_config->set_head_size(512);  // 64 MiB of bf16 + 256 KiB of LSE per part
+    big.max_pending_bytes = int64_t{2} << 30;
+    auto large = MergeServer::Start(big);
+    ASSERT_TRUE(large.ok()) << large.status();
+    EXPECT_EQ((*large)->max_message_bytes(), (int64_t{64} << 20) + (256 << 10) + (64 << 10));
+  }
+  MergeServerOptions o = BaseOptions(2);
+  o.max_message_bytes = 2112 + (64 << 10);  // SmallConfig(2), 8 tokens: a part is 8*2*64*2 + 8*2*4 = 2112 bytes
+  Start(o);
   EXPECT_EQ(server_->max_message_bytes(), 2112 + (64 << 10));
   auto ranks = JoinAll("");
   auto stub = v1::MergeData::NewStub(grpc::CreateChannel(rank_target_, grpc::InsecureChannelCredentials()));
@@ -611,13 +629,13 @@ TEST_F(HardeningTest, SameLayerRangeOnEveryApi) {
 }
 
 // The join's host and device strings are bounded (they reach GetConfig and
-// the logs): a 1 MiB host is over the listener's message limit, a 4 KiB one
-// over the field's.
+// the logs).
 TEST_F(HardeningTest, HugeHostStringIsRefused) {
   Start(BaseOptions(2));
   auto stub = v1::RankControl::NewStub(grpc::CreateChannel(rank_target_, grpc::InsecureChannelCredentials()));
   for (const auto& [bytes, code, text] :
-       {std::tuple<int, grpc::StatusCode, std::string>{1 << 20, grpc::StatusCode::RESOURCE_EXHAUSTED, "larger than max"},
+       {std::tuple<int, grpc::StatusCode, std::string>{1 << 20, grpc::StatusCode::INVALID_ARGUMENT,
+                                                       "host: 1048576 bytes, at most 256"},
         {4096, grpc::StatusCode::INVALID_ARGUMENT, "host: 4096 bytes, at most 256"}}) {
     grpc::ClientContext ctx;
     v1::JoinRequest req;

@@ -135,14 +135,16 @@ struct ServerProc {
 
 // Starts //server:dcpmerge_server on loopback ports chosen by the kernel and
 // waits (up to 30 s) for its ready file. pid stays -1 on failure.
-inline ServerProc StartServer(const std::vector<std::string>& extra_args, const std::vector<std::string>& env) {
+// `err_file`: the server's stderr (its log) goes there ("" keeps ours).
+inline ServerProc StartServer(const std::vector<std::string>& extra_args, const std::vector<std::string>& env,
+                              const std::string& err_file = "") {
   ServerProc s;
   const std::string ready = TmpPath("ready");
   std::vector<std::string> argv = {Runfile("server/dcpmerge_server"), "--rank_address=127.0.0.1:0",
                                    "--admin_address=127.0.0.1:0", "--backend=cpu", "--quiet",
                                    absl::StrCat("--ready_file=", ready)};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-  const pid_t pid = Spawn(argv, env);
+  const pid_t pid = Spawn(argv, env, "", err_file);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (absl::Now() < deadline) {
     std::ifstream in(ready);

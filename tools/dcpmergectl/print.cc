@@ -66,6 +66,9 @@ std::string ConfigTable(const v1::GetConfigResponse& r) {
   absl::StrAppendFormat(&out, "%-16s %s (%d of %d ranks joined)\n", "group ready", r.group_ready() ? "yes" : "no",
                         r.members_size(), g.world_size());
   absl::StrAppendFormat(&out, "%-16s %s\n", "draining", r.draining() ? "yes" : "no");
+  absl::StrAppendFormat(&out, "%-16s %s (commit %s)\n", "server version",
+                        r.server_version().empty() ? "unknown" : r.server_version(),
+                        r.server_commit().empty() ? "unknown" : r.server_commit());
   if (r.members_size() > 0) {
     absl::StrAppendFormat(&out, "members:\n  %-5s %-24s %-10s %-8s %-20s %s\n", "RANK", "HOST", "DEVICE", "PID",
                           "SESSION", "HEARTBEAT_AGE_MS");

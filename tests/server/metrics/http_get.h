@@ -24,10 +24,12 @@ namespace dcpmerge::testing {
 struct HttpResponse {
   int status = -1;  // -1: no response (connect failed, timeout)
   std::string body;
+  std::string headers;  // the status line and header lines, as received
 };
 
-// GET http://127.0.0.1:<port><path>; 5 s socket timeouts.
-inline HttpResponse HttpGet(int port, const std::string& path) {
+// GET http://127.0.0.1:<port><path>; 5 s socket timeouts. `extra_headers`:
+// more request header lines, each ending in "\r\n".
+inline HttpResponse HttpGet(int port, const std::string& path, const std::string& extra_headers = "") {
   HttpResponse r;
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return r;
@@ -42,7 +44,7 @@ inline HttpResponse HttpGet(int port, const std::string& path) {
     close(fd);
     return r;
   }
-  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  const std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n", extra_headers, "\r\n");
   if (send(fd, req.data(), req.size(), 0) != static_cast<ssize_t>(req.size())) {
     close(fd);
     return r;
@@ -61,6 +63,7 @@ inline HttpResponse HttpGet(int port, const std::string& path) {
   if (!absl::StartsWith(raw, "HTTP/") || sp == std::string::npos || end == std::string::npos) return r;
   if (!absl::SimpleAtoi(raw.substr(sp + 1, 3), &r.status)) r.status = -1;
   r.body = raw.substr(end + 4);
+  r.headers = raw.substr(0, end);
   return r;
 }
 

@@ -6,10 +6,15 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "base/version.h"
 #include "client/rank_client.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
+#include "dcpmerge/v1/control.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
@@ -96,6 +101,32 @@ TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
   for (const char* phase : {"receive", "merge", "send", "total"}) {
     EXPECT_EQ(e.Get(absl::StrCat("dcpmerge_step_phase_duration_seconds_count{phase=\"", phase, "\"}")), 0) << phase;
   }
+  // The first bucket is 1 us.
+  EXPECT_TRUE(e.Has("dcpmerge_step_phase_duration_seconds_bucket{phase=\"merge\",le=\"1e-06\"}"));
+  // Build, membership, process series, with their types and values.
+  EXPECT_EQ(e.types["dcpmerge_build_info"], "gauge");
+  EXPECT_EQ(e.Get(absl::StrCat("dcpmerge_build_info{version=\"", kVersion, "\",commit=\"", BuildCommit(),
+                               "\",backend=\"cpu\",data_plane=\"grpc\"}")),
+            1);
+  EXPECT_EQ(e.types["dcpmerge_rank_joins_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_rank_leaves_total"], "counter");
+  EXPECT_EQ(e.types["dcpmerge_rank_drops_total"], "counter");
+  EXPECT_EQ(e.Get("dcpmerge_rank_joins_total"), 0);
+  for (const char* reason : {"requested", "reconfigured"}) {
+    EXPECT_EQ(e.Get(absl::StrCat("dcpmerge_rank_leaves_total{reason=\"", reason, "\"}")), 0) << reason;
+  }
+  for (const char* reason : {"heartbeat_timeout", "stream_broken", "replaced", "communicator_aborted"}) {
+    EXPECT_EQ(e.Get(absl::StrCat("dcpmerge_rank_drops_total{reason=\"", reason, "\"}")), 0) << reason;
+  }
+  EXPECT_EQ(e.types["process_cpu_seconds_total"], "counter");
+  for (const char* g : {"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_open_fds",
+                        "process_max_fds", "process_threads", "process_start_time_seconds"}) {
+    EXPECT_EQ(e.types[g], "gauge") << g;
+    EXPECT_GT(e.Get(g), 0) << g;
+  }
+  // The CPU backend has no device series.
+  EXPECT_EQ(e.types.count("dcpmerge_device_memory_used_bytes"), 0u);
+  EXPECT_EQ(e.types.count("dcpmerge_device_info"), 0u);
 
   // Join both ranks: connected and ready.
   std::vector<std::unique_ptr<RankClient>> clients;
@@ -153,15 +184,59 @@ TEST(ServerMetricsTest, ScrapedValuesFollowSteps) {
   EXPECT_FLOAT_EQ(static_cast<float>(e.Get("dcpmerge_fp8_scale{layer=\"2\"}")), 1e-3f);
   EXPECT_GT(e.Get("dcpmerge_fp8_saturated_total"), 0);
 
-  // Ranks leave: gauges drop.
+  // Ranks leave: gauges drop, leaves count.
+  EXPECT_EQ(e.Get("dcpmerge_rank_joins_total"), kWorld);
   clients.clear();
   e = Scrape(server.metrics_port);
   EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), 0);
   EXPECT_EQ(e.Get("dcpmerge_group_ready"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_rank_leaves_total{reason=\"requested\"}"), kWorld);
+  EXPECT_EQ(e.Get("dcpmerge_rank_drops_total{reason=\"stream_broken\"}"), 0);
 
   const int port = server.metrics_port;
   EXPECT_EQ(testing::StopServer(server), 0);
   EXPECT_EQ(HttpGet(port, "/metrics").status, -1) << "metrics listener still open after exit";
+}
+
+// A rank that stops heartbeating is dropped, and counted by reason; one that
+// takes over a live rank counts as "replaced". No scrape carries a NaN.
+TEST(ServerMetricsTest, DropsAreCountedByReason) {
+  testing::ServerProc server = testing::StartServer(
+      {"--metrics_address=127.0.0.1:0", "--world_size=2", absl::StrCat("--num_heads=", kH),
+       absl::StrCat("--head_size=", kD), absl::StrCat("--max_tokens=", kT), "--heartbeat_timeout_ms=1500"},
+      {});
+  ASSERT_GT(server.metrics_port, 0);
+  auto control =
+      v1::RankControl::NewStub(grpc::CreateChannel(server.rank_target(), grpc::InsecureChannelCredentials()));
+  auto join = [&](bool replace) {
+    v1::JoinRequest req;
+    req.set_rank(0);
+    req.set_world_size(2);
+    req.set_host("test");
+    req.set_replace_existing(replace);
+    v1::JoinResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    return control->Join(&ctx, req, &resp).ok();
+  };
+  ASSERT_TRUE(join(false));
+  ASSERT_TRUE(join(true));  // takes rank 0 over: the first session is dropped
+  // No heartbeats: the second session expires after 1.5 s.
+  Exposition e = ScrapeUntil(server.metrics_port, "dcpmerge_rank_drops_total{reason=\"heartbeat_timeout\"}", 1);
+  EXPECT_EQ(e.Get("dcpmerge_rank_joins_total"), 2);
+  EXPECT_EQ(e.Get("dcpmerge_rank_drops_total{reason=\"replaced\"}"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_rank_drops_total{reason=\"heartbeat_timeout\"}"), 1);
+  EXPECT_EQ(e.Get("dcpmerge_rank_leaves_total{reason=\"requested\"}"), 0);
+  EXPECT_EQ(e.Get("dcpmerge_ranks_connected"), 0);
+  for (int i = 0; i < 2; ++i) {
+    const testing::HttpResponse r = HttpGet(server.metrics_port, "/metrics");
+    ASSERT_EQ(r.status, 200);
+    for (absl::string_view line : absl::StrSplit(r.body, '\n')) {
+      if (line.empty() || line[0] == '#') continue;
+      EXPECT_FALSE(absl::StrContains(absl::AsciiStrToLower(line), "nan")) << line;
+    }
+  }
+  EXPECT_EQ(testing::StopServer(server), 0);
 }
 
 TEST(ServerMetricsTest, BusyMetricsPortFailsStartUp) {

@@ -1,0 +1,11 @@
+// The __nv_bfloat16 merge kernels (merge_kernel_dispatch.cuh).
+#include "kernels/cuda/merge_kernel_dispatch.cuh"
+
+namespace dcpmerge {
+namespace cuda {
+
+template cudaError_t LaunchPlanned<__nv_bfloat16>(const MergeKernelParams&, int, const Schedule&,
+                                       const Plan&, cudaStream_t);
+
+}  // namespace cuda
+}  // namespace dcpmerge
