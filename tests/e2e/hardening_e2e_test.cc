@@ -172,7 +172,8 @@ TEST(HardeningE2ETest, SigtermReadinessFirstEveryStepAnsweredStreamsEndUnavailab
   poller.join();
   for (auto& t : threads) t.join();
   stop = true;
-  idle->WritesDone();
+  // Not half-closed: the server ends it (a stream the client half-closes
+  // after all its answers ends OK, as any stream does).
   const grpc::Status idle_end = idle->Finish();
   const int rc = testing::WaitExit(s.pid, absl::Seconds(20));
 
