@@ -18,6 +18,32 @@ namespace {
 std::atomic<bool> g_quiet{false};
 }  // namespace
 
+std::string EscapeForLog(absl::string_view s, size_t max_len) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  const size_t n = s.size() < max_len ? s.size() : max_len;
+  out.reserve(n + 16);
+  for (size_t i = 0; i < n; ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    switch (c) {
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20 || c >= 0x7f) {
+          out += "\\x";
+          out.push_back(kHex[c >> 4]);
+          out.push_back(kHex[c & 0xF]);
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  if (s.size() > n) absl::StrAppend(&out, "...(", s.size(), " bytes)");
+  return out;
+}
+
 void SetLogQuiet(bool quiet) { g_quiet.store(quiet); }
 
 // ------------------------------------------------- formats and fields ---

@@ -7,6 +7,9 @@
 #ifndef DCPMERGE_BASE_LOG_H_
 #define DCPMERGE_BASE_LOG_H_
 
+#include <cstddef>
+#include <string>
+
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
@@ -21,6 +24,14 @@ void LogLine(LogLevel level, absl::string_view message);
 
 // Silences kInfo lines (tests, the demo); warnings and errors still print.
 void SetLogQuiet(bool quiet);
+
+// A string from outside the process (a rank's host name, a peer address, a
+// request field) made safe for one log line: backslash, control characters
+// and bytes >= 0x7f are written as \\, \n, \t, \xNN, and at most `max_len`
+// input bytes are kept (then "...(N bytes)"). A newline in a Join's host can
+// therefore never start a forged log line, and a 1 MiB host costs
+// max_len bytes of log, not 1 MiB.
+std::string EscapeForLog(absl::string_view s, size_t max_len = 128);
 
 template <typename... Args>
 void LogInfo(const absl::FormatSpec<Args...>& format, const Args&... args) {

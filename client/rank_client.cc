@@ -10,6 +10,7 @@
 #include "base/file.h"
 #include "base/grpc_status.h"
 #include "common/channel_args.h"
+#include "common/join_secret.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -18,6 +19,11 @@ namespace {
 
 void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
+}
+
+// The join secret on every call of the rank plane (common/join_secret.h).
+void AddCredential(grpc::ClientContext* ctx, const RankClientOptions& o) {
+  if (!o.join_secret.empty()) ctx->AddMetadata(kJoinSecretMetadataKey, JoinSecretMetadataValue(o.join_secret));
 }
 
 }  // namespace
@@ -115,6 +121,7 @@ absl::Status RankClient::Join() {
   v1::JoinResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
+  AddCredential(&ctx, options_);
   ctx.set_wait_for_ready(true);  // the server may still be starting
   absl::Status st = FromGrpcStatus(control_->Join(&ctx, req, &resp));
   if (!st.ok()) return st;
@@ -159,6 +166,7 @@ void RankClient::HeartbeatLoop() {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, options_.rpc_timeout);
+    AddCredential(&ctx, options_);
     absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     {
       absl::MutexLock lock(&mu_);
@@ -184,6 +192,7 @@ absl::Status RankClient::WaitForGroupReady(absl::Duration timeout) {
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     SetDeadline(&ctx, std::min(options_.rpc_timeout, std::max(deadline - absl::Now(), absl::Milliseconds(1))));
+    AddCredential(&ctx, options_);
     absl::Status st = FromGrpcStatus(control_->Heartbeat(&ctx, req, &resp));
     if (st.ok() && resp.group_ready()) return absl::OkStatus();
     if (!st.ok() && st.code() != absl::StatusCode::kDeadlineExceeded) return st;
@@ -202,6 +211,7 @@ absl::Status RankClient::EnsureStream() {
     stream_.reset();
   }
   auto s = std::make_shared<Stream>();
+  AddCredential(&s->ctx, options_);
   s->rw = data_->MergeStream(&s->ctx);
   if (s->rw == nullptr) return absl::UnavailableError("cannot open the merge stream");
   Stream* raw = s.get();
@@ -324,6 +334,7 @@ absl::Status RankClient::Leave() {
   v1::LeaveResponse resp;
   grpc::ClientContext ctx;
   SetDeadline(&ctx, options_.rpc_timeout);
+  AddCredential(&ctx, options_);
   return FromGrpcStatus(control_->Leave(&ctx, req, &resp));
 }
 

@@ -19,6 +19,11 @@
 // DATA_PLANE_NCCL) merge device buffers through a RankDevice
 // (client/rank_device.h) bound to this client's session; the class is the
 // same in every build.
+//
+// Credentials: a group whose server has a join secret needs it on every
+// call (options.join_secret; LoadJoinSecret in common/join_secret.h reads
+// it from a file or $DCPMERGE_JOIN_SECRET, as the tools do). Without it,
+// Join fails UNAUTHENTICATED, with a wrong one PERMISSION_DENIED.
 #ifndef DCPMERGE_CLIENT_RANK_CLIENT_H_
 #define DCPMERGE_CLIENT_RANK_CLIENT_H_
 

@@ -16,6 +16,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedServer>> EmbeddedServer::Start(EmbeddedSe
   o.backend = std::move(options.backend);
   o.heartbeat_timeout = options.heartbeat_timeout;
   o.step_timeout = options.step_timeout;
+  o.join_secret = std::move(options.join_secret);
+  o.state_file = std::move(options.state_file);
+  o.state_missing_fresh = true;
+  o.state_fsync = options.state_fsync;
   absl::StatusOr<std::unique_ptr<MergeServer>> server = MergeServer::Start(std::move(o));
   if (!server.ok()) return server.status();
   return std::unique_ptr<EmbeddedServer>(new EmbeddedServer(std::move(*server)));

@@ -35,6 +35,13 @@ struct EmbeddedServerOptions {
   std::string backend = "auto";                   // auto | cpu | cuda
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   absl::Duration step_timeout = absl::Seconds(5);
+  // The group's join secret (RankClientOptions::join_secret must match);
+  // "" = none (the listeners are on loopback by default).
+  std::string join_secret;
+  // The durable state file (configuration and scales, written on every
+  // change; server/state_file.h); "" = off. Created when missing.
+  std::string state_file;
+  bool state_fsync = true;  // see MergeServerOptions::state_fsync
 };
 
 class EmbeddedServer {
@@ -50,8 +57,10 @@ class EmbeddedServer {
   const std::string& backend_reason() const;
   // What Admin.GetStats answers, without a call.
   v1::GetStatsResponse GetStats() const;
-  // Graceful: steps in flight fail with UNAVAILABLE "server shutting
-  // down", responses already produced are flushed. Idempotent.
+  // Graceful: readiness NOT_SERVING first, new steps refused, steps in
+  // flight finish within a second or fail with UNAVAILABLE "server shutting
+  // down", every part read is answered, streams end UNAVAILABLE.
+  // Idempotent.
   void Shutdown();
 
  private:

@@ -55,7 +55,18 @@ grpc::Status AuditFailure(const grpc::ServerContext& ctx, const char* method, gr
 }  // namespace
 
 AdminService::AdminService(MergeServer* server, std::string token)
-    : server_(server), token_(std::move(token)) {}
+    : AdminService(server, std::move(token), AuthFailureGuard::Options{}) {}
+
+AdminService::AdminService(MergeServer* server, std::string token, AuthFailureGuard::Options penalty)
+    : server_(server), token_(std::move(token)), guard_("admin token", penalty) {}
+
+grpc::Status AdminService::Authorize(const grpc::ServerContext& ctx) {
+  grpc::Status st = CheckAdminToken(ctx, Token());
+  if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED || st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
+    guard_.FailAndWait(ctx, st);
+  }
+  return st;
+}
 
 void AdminService::SetToken(std::string token) {
   absl::MutexLock lock(&mu_);
@@ -69,7 +80,7 @@ std::string AdminService::Token() const {
 
 grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::ConfigureRequest* req,
                                      v1::ConfigureResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return AuditFailure(*ctx, "Configure", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Configure", a);
   auto snap = server_->Configure(req->config(), req->default_scale());
   if (!snap.ok()) return AuditFailure(*ctx, "Configure", ToGrpcStatus(snap.status()));
   resp->set_config_version((*snap)->version);
@@ -83,7 +94,7 @@ grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::Configu
 
 grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScalesRequest* req,
                                      v1::SetScalesResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return AuditFailure(*ctx, "SetScales", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "SetScales", a);
   std::map<int32_t, float> scales(req->layer_scales().begin(), req->layer_scales().end());
   auto snap = server_->SetScales(scales, req->replace(), req->default_scale());
   if (!snap.ok()) return AuditFailure(*ctx, "SetScales", ToGrpcStatus(snap.status()));
@@ -97,21 +108,21 @@ grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScal
 
 grpc::Status AdminService::GetConfig(grpc::ServerContext* ctx, const v1::GetConfigRequest*,
                                      v1::GetConfigResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   server_->GetConfig(resp);
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::GetStats(grpc::ServerContext* ctx, const v1::GetStatsRequest*,
                                     v1::GetStatsResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return a;
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return a;
   *resp = server_->GetStats();
   return grpc::Status::OK;
 }
 
 grpc::Status AdminService::Drain(grpc::ServerContext* ctx, const v1::DrainRequest* req,
                                  v1::DrainResponse* resp) {
-  if (grpc::Status a = CheckAdminToken(*ctx, Token()); !a.ok()) return AuditFailure(*ctx, "Drain", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Drain", a);
   if (req->timeout_ms() < 0) {
     return AuditFailure(*ctx, "Drain",
                         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_ms: must be >= 0"));

@@ -9,6 +9,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
+#include "server/auth_guard.h"
 
 namespace dcpmerge {
 
@@ -17,6 +18,9 @@ class MergeServer;
 class AdminService final : public v1::Admin::Service {
  public:
   AdminService(MergeServer* server, std::string token);
+  // Wrong or missing tokens are logged (rate-limited) and slowed by a guard
+  // with these options (server/auth_guard.h).
+  AdminService(MergeServer* server, std::string token, AuthFailureGuard::Options penalty);
 
   grpc::Status Configure(grpc::ServerContext*, const v1::ConfigureRequest*,
                          v1::ConfigureResponse*) override;
@@ -30,13 +34,18 @@ class AdminService final : public v1::Admin::Service {
 
   // Token rotation: calls after this check against `token`.
   void SetToken(std::string token);
+  // Failed authentications since start (metrics).
+  uint64_t auth_failures() const { return guard_.failures(); }
 
  private:
   std::string Token() const;
+  // CheckAdminToken; a wrong or missing token is logged and slowed.
+  grpc::Status Authorize(const grpc::ServerContext& ctx);
 
   MergeServer* const server_;
   mutable absl::Mutex mu_;
   std::string token_ ABSL_GUARDED_BY(mu_);
+  AuthFailureGuard guard_;
 };
 
 }  // namespace dcpmerge

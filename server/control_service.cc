@@ -8,16 +8,20 @@ namespace dcpmerge {
 
 ControlService::ControlService(ConfigStore* config, Group* group, DataPlane* plane,
                                std::string backend, absl::Duration step_timeout,
-                               std::function<bool()> ready)
+                               std::function<bool()> ready, JoinSecretCheck* auth)
     : config_(config),
       group_(group),
       plane_(plane),
       backend_(std::move(backend)),
       step_timeout_(step_timeout),
-      ready_(std::move(ready)) {}
+      ready_(std::move(ready)),
+      auth_(auth) {}
 
-grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* req,
+grpc::Status ControlService::Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
                                   v1::JoinResponse* resp) {
+  if (auth_ != nullptr) {
+    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
+  }
   std::shared_ptr<const ConfigSnapshot> cfg = config_->Current();
   JoinInfo info;
   info.rank = req->rank();
@@ -46,13 +50,19 @@ grpc::Status ControlService::Join(grpc::ServerContext*, const v1::JoinRequest* r
   return grpc::Status::OK;
 }
 
-grpc::Status ControlService::Leave(grpc::ServerContext*, const v1::LeaveRequest* req,
+grpc::Status ControlService::Leave(grpc::ServerContext* ctx, const v1::LeaveRequest* req,
                                    v1::LeaveResponse*) {
+  if (auth_ != nullptr) {
+    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
+  }
   return ToGrpcStatus(group_->Leave(req->rank(), req->session_id()));
 }
 
-grpc::Status ControlService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+grpc::Status ControlService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
                                        v1::HeartbeatResponse* resp) {
+  if (auth_ != nullptr) {
+    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
+  }
   absl::Status st = group_->Heartbeat(req->rank(), req->session_id());
   if (!st.ok()) return ToGrpcStatus(st);
   resp->set_config_version(config_->Current()->version);

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "dcpmerge/v1/control.grpc.pb.h"
+#include "server/auth_guard.h"
 #include "server/config_store.h"
 #include "server/data_plane.h"
 #include "server/group.h"
@@ -15,9 +16,10 @@ namespace dcpmerge {
 class ControlService final : public v1::RankControl::Service {
  public:
   // ready(): the readiness the server reports (group complete, plane up).
+  // auth: the join secret every call must carry (null: none).
   ControlService(ConfigStore* config, Group* group, DataPlane* plane,
                  std::string backend, absl::Duration step_timeout,
-                 std::function<bool()> ready);
+                 std::function<bool()> ready, JoinSecretCheck* auth = nullptr);
 
   grpc::Status Join(grpc::ServerContext*, const v1::JoinRequest*, v1::JoinResponse*) override;
   grpc::Status Leave(grpc::ServerContext*, const v1::LeaveRequest*, v1::LeaveResponse*) override;
@@ -31,6 +33,7 @@ class ControlService final : public v1::RankControl::Service {
   const std::string backend_;
   const absl::Duration step_timeout_;
   const std::function<bool()> ready_;
+  JoinSecretCheck* const auth_;
 };
 
 }  // namespace dcpmerge

@@ -1,5 +1,7 @@
 #include "server/group.h"
 
+#include <sys/random.h>
+
 #include <algorithm>
 #include <random>
 #include <utility>
@@ -10,14 +12,26 @@
 
 namespace dcpmerge {
 
-Group::Group(absl::Duration heartbeat_timeout)
-    : heartbeat_timeout_(heartbeat_timeout) {
-  // Session ids start at a random point so ids from an earlier server
-  // process are never mistaken for live ones.
-  std::random_device rd;
-  next_session_ = ((static_cast<uint64_t>(rd()) << 32) | rd()) & 0x7FFFFFFFFFFF0000ull;
-  if (next_session_ == 0) next_session_ = 1 << 16;
+namespace {
+
+// 64 bits from the kernel's CSPRNG: one session id does not reveal another
+// (they used to be consecutive), and ids of an earlier server process are
+// never mistaken for live ones.
+uint64_t RandomSessionId() {
+  uint64_t v = 0;
+  while (v == 0) {
+    if (getrandom(&v, sizeof(v), 0) != static_cast<ssize_t>(sizeof(v))) {
+      std::random_device rd;  // /dev/urandom
+      v = (static_cast<uint64_t>(rd()) << 32) | rd();
+    }
+  }
+  return v;
 }
+
+}  // namespace
+
+Group::Group(absl::Duration heartbeat_timeout)
+    : heartbeat_timeout_(heartbeat_timeout) {}
 
 Group::~Group() { StopWatchdog(); }
 
@@ -58,8 +72,8 @@ void Group::DropLocked(int32_t rank, absl::Status reason,
   if (!slot.joined) return;
   ++counts_.ends[static_cast<int>(end)];
   slot.joined = false;
-  LogInfo("rank %d (session %u, %s) dropped: %s", rank, slot.info.session_id,
-          slot.info.host, reason.message());
+  LogInfo("rank %d (session %u, host %s) dropped: %s", rank, slot.info.session_id,
+          EscapeForLog(slot.info.host), EscapeForLog(reason.message(), 512));
   lost->emplace_back(rank, std::move(reason));
 }
 
@@ -87,6 +101,13 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
     return absl::InvalidArgumentError(
         absl::StrCat("rank: ", info.rank, " is not in 0..", n - 1));
   }
+  for (const auto& [field, value] : {std::pair<const char*, const std::string*>{"host", &info.host},
+                                     std::pair<const char*, const std::string*>{"device", &info.device}}) {
+    if (value->size() > kMaxMemberStringBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": ", value->size(), " bytes, at most ",
+                                                     kMaxMemberStringBytes));
+    }
+  }
   if (info.expected_config_hash != 0 && info.expected_config_hash != config.hash) {
     return absl::InvalidArgumentError(absl::StrCat(
         "expected_config_hash: rank expects ", info.expected_config_hash,
@@ -102,7 +123,7 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
       if (!info.replace_existing) {
         return absl::AlreadyExistsError(absl::StrCat(
             "rank: ", info.rank, " is held by a live member (host ",
-            slot.info.host, ", pid ", slot.info.pid,
+            EscapeForLog(slot.info.host), ", pid ", slot.info.pid,
             "); set replace_existing to take it over"));
       }
       DropLocked(info.rank,
@@ -110,7 +131,10 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
                                                      " replaced by a new member")),
                  &lost, MemberEnd::kReplaced);
     }
-    session = ++next_session_;
+    do {
+      session = RandomSessionId();
+    } while (std::any_of(slots_.begin(), slots_.end(),
+                         [session](const Slot& s) { return s.info.session_id == session; }));
     slot.joined = true;
     slot.info.rank = info.rank;
     slot.info.host = info.host;
@@ -121,7 +145,7 @@ absl::StatusOr<uint64_t> Group::Join(const JoinInfo& info,
     ++counts_.joins;
   }
   LogInfo("rank %d joined (session %u, host %s, device %s, pid %d)", info.rank,
-          session, info.host, info.device, info.pid);
+          session, EscapeForLog(info.host), EscapeForLog(info.device), info.pid);
   Notify(lost, true);
   return session;
 }

@@ -31,6 +31,9 @@ struct MemberInfo {
   absl::Time last_heartbeat;
 };
 
+// Longest JoinRequest.host / .device accepted (INVALID_ARGUMENT beyond).
+inline constexpr size_t kMaxMemberStringBytes = 256;
+
 struct JoinInfo {
   int32_t rank = -1;
   int32_t num_parts = 0;
@@ -81,7 +84,8 @@ class Group {
   void StartWatchdog();
   void StopWatchdog();
 
-  // Joins against the given configuration. Returns the new session id.
+  // Joins against the given configuration. Returns the new session id: 64
+  // random bits (getrandom), never 0, never another member's.
   absl::StatusOr<uint64_t> Join(const JoinInfo& info, const ConfigSnapshot& config);
   absl::Status Leave(int32_t rank, uint64_t session_id);
   absl::Status Heartbeat(int32_t rank, uint64_t session_id);
@@ -119,7 +123,6 @@ class Group {
   const absl::Duration heartbeat_timeout_;
   mutable absl::Mutex mu_;
   std::vector<Slot> slots_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_session_ ABSL_GUARDED_BY(mu_);
   LostFn on_lost_;
   ChangeFn on_change_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -1,8 +1,8 @@
 #include "server/grpc_data_plane.h"
 
 #include <deque>
-#include <thread>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -11,156 +11,385 @@
 
 namespace dcpmerge {
 
-// One stream: the queue of results to write and its writer thread.
-class GrpcDataPlane::Connection {
+// What the collector's callbacks hold: the stream, until it is done. A
+// result delivered after the stream ended is dropped.
+struct GrpcDataPlane::StreamState {
+  absl::Mutex mu;
+  Reactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+};
+
+// One MergeStream. Every reactor operation (StartRead, StartWrite, Finish,
+// TryCancel) is issued under mu_ and never after Finish, so none races
+// OnDone; gRPC runs no reaction of a bidi stream inline, so holding mu_
+// while issuing them cannot deadlock.
+class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse> {
  public:
-  Connection(grpc::ServerContext* context,
-             grpc::ServerReaderWriter<v1::MergeResponse, v1::MergeRequest>* stream,
-             Stats* stats)
-      : context_(context), stream_(stream), stats_(stats) {
-    writer_ = std::thread([this] { WriteLoop(); });
+  Reactor(GrpcDataPlane* plane, grpc::CallbackServerContext* context)
+      : plane_(plane), context_(context), state_(std::make_shared<StreamState>()) {
+    absl::MutexLock lock(&state_->mu);
+    state_->reactor = this;
+    opened_ = last_activity_ = absl::Now();
   }
 
-  int32_t rank() const { return rank_.load(); }
-  void Bind(int32_t rank) { rank_.store(rank); }
+  // Accepted: start reading.
+  void Start() {
+    absl::MutexLock lock(&mu_);
+    StartRead(&req_);
+  }
 
-  // A part was submitted: one more result to write.
-  void Expect() {
+  // Refused at open: ends with `status` at `when` (now, or later for an
+  // authentication failure's penalty; the housekeeping thread sends it).
+  void Refuse(grpc::Status status, absl::Time when) {
     absl::MutexLock lock(&mu_);
-    ++outstanding_;
+    refused_ = true;
+    if (when <= absl::Now()) {
+      FinishLocked(std::move(status));
+    } else {
+      refuse_status_ = std::move(status);
+      refuse_at_ = when;
+    }
   }
-  void Push(std::shared_ptr<const StepResult> r) {
+  bool refused() const {
     absl::MutexLock lock(&mu_);
-    queue_.push_back(std::move(r));
+    return refused_;
   }
-  // Reads are over: write what is outstanding, then end the writer.
-  void FinishAndJoin() {
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      bool lost = false;
+      int32_t rank;
+      uint64_t session;
+      {
+        absl::MutexLock lock(&mu_);
+        reads_done_ = true;
+        rank = rank_;
+        session = session_;
+        lost = context_->IsCancelled() && !stopping_ && rank_ >= 0;
+        AdvanceLocked();
+      }
+      // The rank vanished mid-stream: drop it now so its group's steps fail
+      // fast with UNAVAILABLE.
+      if (lost) plane_->group_->MarkLost(rank, session, "data stream broken (peer cancelled or died)");
+      return;
+    }
+    plane_->stats_->AddBytesIn(req_.partial_out().size() + req_.lse().size());
+    StepPart part;
+    part.header = req_.header();
+    part.partial_out = std::move(*req_.mutable_partial_out());
+    part.lse = std::move(*req_.mutable_lse());
+    req_.Clear();
+    int32_t rank;
+    uint64_t session;
     {
       absl::MutexLock lock(&mu_);
-      reads_done_ = true;
+      ++outstanding_;
+      last_activity_ = absl::Now();
+      rank = rank_;
+      session = session_;
     }
-    writer_.join();
-  }
-  // Server stopping: write what is queued, then cancel the stream so the
-  // handler's Read returns.
-  void Shutdown() {
+    std::shared_ptr<StreamState> state = state_;
+    StepDone done = [state](std::shared_ptr<const StepResult> r) {
+      absl::MutexLock lock(&state->mu);
+      if (state->reactor != nullptr) state->reactor->Push(std::move(r));
+    };
+    bool submit = true;
+    if (rank < 0) {
+      // Bind on the first part from a live member; until then parts go to
+      // the collector unbound (it answers why they are refused).
+      if (plane_->group_->CheckSession(part.header.rank(), part.header.session_id()).ok()) {
+        absl::MutexLock lock(&mu_);
+        rank_ = part.header.rank();
+        session_ = part.header.session_id();
+      }
+    } else if (part.header.rank() != rank || part.header.session_id() != session) {
+      auto r = std::make_shared<StepResult>();
+      r->status = absl::InvalidArgumentError(absl::StrCat(
+          part.header.rank() != rank ? "header.rank: " : "header.session_id: ", "this stream is bound to rank ",
+          rank, " session ", session, "; open one stream per rank and session"));
+      r->step = part.header.step();
+      r->layer = part.header.layer();
+      plane_->stats_->RecordErrorResponse(r->status.code());
+      done(std::move(r));
+      submit = false;
+    }
+    if (submit) plane_->collector_->Submit(std::move(part), std::move(done));
     absl::MutexLock lock(&mu_);
-    shutdown_ = true;
+    if (finish_requested_) return;
+    if (queue_.size() >= plane_->options_.max_response_queue) {
+      read_paused_ = true;  // resumes when the rank has taken some of its answers
+      plane_->paused_reads_.fetch_add(1);
+    } else {
+      StartRead(&req_);
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    plane_->stats_->RecordLatency(Phase::kSend, absl::Now() - write_started_);
+    if (ok) {
+      plane_->stats_->AddBytesOut(write_bytes_);
+    } else {
+      broken_ = true;
+    }
+    AdvanceLocked();
+  }
+
+  void OnDone() override {
+    plane_->Unregister(this);
+    {
+      absl::MutexLock lock(&state_->mu);
+      state_->reactor = nullptr;
+    }
+    delete this;
+  }
+
+  // A step's result for this stream (under state_->mu). The queue is
+  // bounded: a full one pauses reading this stream (no new parts, so no new
+  // answers beyond those owed), and a rank that does not take its answers
+  // is dropped by the housekeeping thread (write timeout).
+  void Push(std::shared_ptr<const StepResult> r) {
+    absl::MutexLock lock(&mu_);
+    --outstanding_;
+    if (finish_requested_ || broken_) {
+      AdvanceLocked();
+      return;
+    }
+    queue_.push_back(std::move(r));
+    AdvanceLocked();
+  }
+
+  // Server stopping: answer what is outstanding, then end UNAVAILABLE.
+  void Stop() {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+    if (refused_ && !finish_requested_) FinishLocked(refuse_status_);
+    AdvanceLocked();
+  }
+  // Stop did not finish in time: cancel.
+  void ForceEnd() {
+    absl::MutexLock lock(&mu_);
+    if (!finish_requested_) FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+    context_->TryCancel();
+  }
+
+  // The housekeeping thread (plane's lock held): delayed refusals, stuck
+  // writes, drops to carry out, idle and orphaned streams. Appends a member
+  // to drop to *drop.
+  void Housekeep(absl::Time now, bool idle_checks, std::vector<std::pair<int32_t, uint64_t>>* drop) {
+    absl::MutexLock lock(&mu_);
+    if (refused_ && !finish_requested_ && now >= refuse_at_) FinishLocked(refuse_status_);
+    if (finish_requested_ && now >= cancel_at_) {
+      context_->TryCancel();
+      cancel_at_ = absl::InfiniteFuture();
+    }
+    if (!finish_requested_ && writing_ && now - write_started_ > plane_->options_.write_timeout) {
+      // The rank does not read its responses: fail and drop it rather than
+      // buffer for it forever. Its session ends (from this thread's caller,
+      // not under any stream's lock), the queue is freed, and the stuck
+      // write is cancelled soon if the peer never takes it.
+      plane_->dropped_unread_.fetch_add(1);
+      LogWarning("rank %d (session %u): a response not read for %s, %u more queued; dropping the rank", rank_,
+                 session_, absl::FormatDuration(now - write_started_), queue_.size());
+      FinishLocked(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("max_response_queue: rank ", rank_, " did not read its responses for ",
+                       absl::FormatDuration(plane_->options_.write_timeout), " (--max_response_queue=",
+                       plane_->options_.max_response_queue, " answers queue, then reading stops); dropped, join again")));
+      cancel_at_ = now + absl::Seconds(1);
+      if (rank_ >= 0) drop->emplace_back(rank_, session_);
+    }
+    if (!idle_checks || finish_requested_ || refused_) return;
+    const bool idle = outstanding_ == 0 && queue_.empty() && !writing_;
+    if (!idle) return;
+    const absl::Duration timeout = plane_->options_.bind_timeout;
+    if (rank_ < 0 && now - last_activity_ > timeout) {
+      plane_->closed_idle_.fetch_add(1);
+      FinishLocked(grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                                absl::StrCat("stream sent no part of a live session for ",
+                                             absl::FormatDuration(timeout), "; closed (join first)")));
+    } else if (rank_ >= 0 && !plane_->group_->CheckSession(rank_, session_).ok()) {
+      plane_->closed_idle_.fetch_add(1);
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                absl::StrCat("session ", session_, " of rank ", rank_, " has ended; join again")));
+    }
+  }
+
+  size_t queue_depth() const {
+    absl::MutexLock lock(&mu_);
+    return queue_.size();
   }
 
  private:
-  void WriteLoop() {
-    v1::MergeResponse resp;
-    bool broken = false;
-    while (true) {
-      std::shared_ptr<const StepResult> r;
-      {
-        absl::MutexLock lock(&mu_);
-        auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return !queue_.empty() || (reads_done_ && outstanding_ == 0) ||
-                 (shutdown_ && !cancelled_);
-        };
-        mu_.Await(absl::Condition(&wake));
-        if (queue_.empty()) {
-          if (reads_done_ && outstanding_ == 0) return;
-          // Shutting down with nothing left to write: unblock the reader.
-          cancelled_ = true;
-          context_->TryCancel();
-          continue;
-        }
-        r = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      if (!broken) {
-        const absl::Time t0 = absl::Now();
-        FillResponse(*r, rank_.load(), &resp);
-        const uint64_t bytes = resp.output().size() + resp.lse().size() + resp.scales_size() * 4;
-        broken = !stream_->Write(resp);
-        stats_->RecordLatency(Phase::kSend, absl::Now() - t0);
-        if (!broken) stats_->AddBytesOut(bytes);
-      }
-      absl::MutexLock lock(&mu_);
-      --outstanding_;
+  void FinishLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_requested_) return;
+    finish_requested_ = true;
+    queue_.clear();
+    Finish(std::move(status));
+  }
+
+  // Writes the next result, or ends the stream when everything is answered
+  // and the reads are over (or the server is stopping).
+  void AdvanceLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finish_requested_) return;
+    if (broken_) queue_.clear();
+    if (read_paused_ && queue_.size() < plane_->options_.max_response_queue / 2 + 1) {
+      read_paused_ = false;
+      StartRead(&req_);
+    }
+    if (!writing_ && !queue_.empty()) {
+      std::shared_ptr<const StepResult> r = std::move(queue_.front());
+      queue_.pop_front();
+      write_started_ = absl::Now();
+      FillResponse(*r, rank_, &resp_);
+      write_bytes_ = resp_.output().size() + resp_.lse().size() + resp_.scales_size() * 4;
+      writing_ = true;
+      StartWrite(&resp_);
+      return;
+    }
+    if (writing_ || outstanding_ > 0 || !queue_.empty()) return;
+    if (stopping_) {
+      FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
+    } else if (reads_done_) {
+      FinishLocked(grpc::Status::OK);
     }
   }
 
-  grpc::ServerContext* const context_;
-  grpc::ServerReaderWriter<v1::MergeResponse, v1::MergeRequest>* const stream_;
-  Stats* const stats_;
-  std::atomic<int32_t> rank_{-1};
-  absl::Mutex mu_;
+  GrpcDataPlane* const plane_;
+  grpc::CallbackServerContext* const context_;
+  const std::shared_ptr<StreamState> state_;
+  v1::MergeRequest req_;  // the one outstanding read
+
+  mutable absl::Mutex mu_;
+  v1::MergeResponse resp_ ABSL_GUARDED_BY(mu_);  // the one outstanding write
   std::deque<std::shared_ptr<const StepResult>> queue_ ABSL_GUARDED_BY(mu_);
-  int64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // parts read, not yet answered
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
-  std::thread writer_;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool refused_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::Status refuse_status_ ABSL_GUARDED_BY(mu_);
+  absl::Time refuse_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Time cancel_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
+  absl::Time write_started_ ABSL_GUARDED_BY(mu_);
+  uint64_t write_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  int32_t rank_ ABSL_GUARDED_BY(mu_) = -1;
+  uint64_t session_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time opened_ ABSL_GUARDED_BY(mu_);
+  absl::Time last_activity_ ABSL_GUARDED_BY(mu_);
 };
 
 GrpcDataPlane::GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats)
-    : collector_(collector), group_(group), stats_(stats) {}
+    : GrpcDataPlane(collector, group, stats, Options{}, nullptr) {}
 
-grpc::Status GrpcDataPlane::MergeStream(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::MergeResponse, v1::MergeRequest>* stream) {
+GrpcDataPlane::GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats, Options options, AuthFn auth)
+    : collector_(collector), group_(group), stats_(stats), options_(options), auth_(std::move(auth)) {
+  housekeeping_ = std::thread([this] { HousekeepingLoop(); });
+}
+
+GrpcDataPlane::~GrpcDataPlane() {
+  Stop();
+  {
+    absl::MutexLock lock(&mu_);
+    stop_housekeeping_ = true;
+  }
+  if (housekeeping_.joinable()) housekeeping_.join();
+}
+
+grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* GrpcDataPlane::MergeStream(
+    grpc::CallbackServerContext* context) {
+  auto* r = new Reactor(this, context);
+  absl::Time not_before = absl::Now();
+  grpc::Status refuse;
   if (stopping_.load()) {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
+    refuse = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
+  } else if (auth_) {
+    refuse = auth_(*context, &not_before);
   }
-  auto conn = std::make_shared<Connection>(context, stream, stats_);
   {
     absl::MutexLock lock(&mu_);
-    connections_.insert(conn);
-  }
-  uint64_t session = 0;
-  v1::MergeRequest req;
-  while (stream->Read(&req)) {
-    stats_->AddBytesIn(req.partial_out().size() + req.lse().size());
-    StepPart part;
-    part.header = req.header();
-    part.partial_out = std::move(*req.mutable_partial_out());
-    part.lse = std::move(*req.mutable_lse());
-    conn->Expect();
-    StepDone done = [conn](std::shared_ptr<const StepResult> r) { conn->Push(std::move(r)); };
-    if (conn->rank() < 0) {
-      // Bind on the first part from a live member; until then parts go to
-      // the collector unbound (it answers why they are refused).
-      if (group_->CheckSession(part.header.rank(), part.header.session_id()).ok()) {
-        conn->Bind(part.header.rank());
-        session = part.header.session_id();
+    if (refuse.ok()) {
+      size_t open = 0;
+      for (Reactor* s : streams_) open += !s->refused();
+      if (open >= options_.max_streams) {
+        refused_max_streams_.fetch_add(1);
+        refuse = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              absl::StrCat("max_streams: ", open, " MergeData streams are open on this listener "
+                                           "(--max_streams=", options_.max_streams, ")"));
       }
-    } else if (part.header.rank() != conn->rank() || part.header.session_id() != session) {
-      auto r = std::make_shared<StepResult>();
-      r->status = absl::InvalidArgumentError(absl::StrCat(
-          part.header.rank() != conn->rank() ? "header.rank: " : "header.session_id: ",
-          "this stream is bound to rank ", conn->rank(), " session ", session,
-          "; open one stream per rank and session"));
-      r->step = part.header.step();
-      r->layer = part.header.layer();
-      stats_->RecordErrorResponse(r->status.code());
-      done(std::move(r));
-      continue;
     }
-    collector_->Submit(std::move(part), std::move(done));
+    streams_.insert(r);
   }
-  const bool stopping = stopping_.load();
-  if (context->IsCancelled() && !stopping && conn->rank() >= 0) {
-    // The rank vanished mid-stream: drop it now so its group's steps fail
-    // fast with UNAVAILABLE.
-    group_->MarkLost(conn->rank(), session, "data stream broken (peer cancelled or died)");
+  if (refuse.ok()) {
+    r->Start();
+  } else {
+    r->Refuse(std::move(refuse), not_before);
   }
-  conn->FinishAndJoin();
-  {
-    absl::MutexLock lock(&mu_);
-    connections_.erase(conn);
+  return r;
+}
+
+void GrpcDataPlane::Unregister(Reactor* r) {
+  absl::MutexLock lock(&mu_);
+  streams_.erase(r);
+}
+
+GrpcDataPlane::Counters GrpcDataPlane::counters() const {
+  Counters c;
+  absl::MutexLock lock(&mu_);
+  for (Reactor* r : streams_) {
+    if (r->refused()) continue;
+    ++c.streams;
+    c.deepest_queue = std::max(c.deepest_queue, r->queue_depth());
   }
-  if (stopping) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
-  return grpc::Status::OK;
+  c.refused_max_streams = refused_max_streams_.load();
+  c.dropped_unread = dropped_unread_.load();
+  c.paused_reads = paused_reads_.load();
+  c.closed_idle = closed_idle_.load();
+  return c;
+}
+
+void GrpcDataPlane::HousekeepingLoop() {
+  const absl::Duration period = absl::Milliseconds(20);
+  const absl::Duration idle_period =
+      std::clamp(options_.bind_timeout / 4, absl::Milliseconds(20), absl::Milliseconds(500));
+  absl::Time next_idle = absl::Now();
+  while (true) {
+    std::vector<std::pair<int32_t, uint64_t>> drop;
+    {
+      absl::MutexLock lock(&mu_);
+      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_housekeeping_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopped), period)) return;
+      const absl::Time now = absl::Now();
+      const bool idle_checks = now >= next_idle && !stopping_.load();
+      if (idle_checks) next_idle = now + idle_period;
+      for (Reactor* r : streams_) r->Housekeep(now, idle_checks, &drop);
+    }
+    for (const auto& [rank, session] : drop) {
+      group_->MarkLost(rank, session,
+                       absl::StrCat("its responses were not read for ", absl::FormatDuration(options_.write_timeout),
+                                    " (--max_response_queue=", options_.max_response_queue, ")"));
+      collector_->NoteStall();
+    }
+  }
 }
 
 void GrpcDataPlane::Stop() {
-  stopping_.store(true);
+  stopping_.store(true);  // a second call waits again (bounded)
+  {
+    absl::MutexLock lock(&mu_);
+    for (Reactor* r : streams_) r->Stop();
+  }
+  const absl::Time deadline = absl::Now() + options_.stop_flush_timeout;
+  auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return streams_.empty(); };
   absl::MutexLock lock(&mu_);
-  for (const auto& c : connections_) c->Shutdown();
+  if (mu_.AwaitWithDeadline(absl::Condition(&all_done), deadline)) return;
+  LogWarning("%u stream(s) still writing %s after shutdown began; cancelling them", streams_.size(),
+             absl::FormatDuration(options_.stop_flush_timeout));
+  for (Reactor* r : streams_) r->ForceEnd();
+  mu_.AwaitWithTimeout(absl::Condition(&all_done), absl::Seconds(1));
 }
 
 }  // namespace dcpmerge

@@ -1,19 +1,48 @@
 // The data plane over gRPC: one MergeData.MergeStream per rank.
 //
-// Threads: the gRPC handler thread of a stream reads requests and submits
-// them to the StepCollector; a writer thread per stream writes the responses
-// in the order results arrive. The stream's first request binds it to a rank
-// and session; a stream that breaks (peer cancelled, process died) drops
-// that member at once, which fails its group's pending steps with
-// UNAVAILABLE instead of letting them wait for the step deadline.
+// Callback API (no thread per stream): each stream is a reactor. A read
+// completes on gRPC's callback threads and is submitted to the
+// StepCollector; results are queued per stream and written one at a time
+// as the previous write completes. An idle stream costs no thread. The
+// stream's first part from a live session binds it to that rank and
+// session; a stream that breaks (peer cancelled, process died) drops that
+// member at once, which fails its group's pending steps with UNAVAILABLE
+// instead of letting them wait for the step deadline.
+//
+// Limits (Options), each refusal naming its flag:
+//  - max_streams: streams open on the listener at once; beyond, a new
+//    stream ends at once with RESOURCE_EXHAUSTED;
+//  - max_response_queue: results waiting to be written to one stream. A
+//    full queue pauses reading that stream (so no more answers are owed to
+//    it); a response the rank has not taken after write_timeout means it
+//    does not read: it is failed and dropped (its session ends, its group's
+//    steps fail UNAVAILABLE, its stream ends RESOURCE_EXHAUSTED, the queue
+//    is freed), never buffered for forever;
+//  - bind_timeout: a stream that has sent nothing from a live session for
+//    this long is ended (FAILED_PRECONDITION), and so is a bound stream
+//    whose session has ended, once it has nothing left to answer;
+//  - auth: a stream without the join secret (common/join_secret.h) ends
+//    with UNAUTHENTICATED / PERMISSION_DENIED, answered after the failure
+//    penalty (server/auth_guard.h) without blocking a thread.
+//
+// Stop (server shutdown): every part already read is answered (the
+// collector has stopped: UNAVAILABLE "server shutting down" for whatever
+// it did not merge), the answers are written, then each stream ends with
+// UNAVAILABLE "server shutting down". A stream whose peer does not read is
+// cancelled after stop_flush_timeout.
 #ifndef DCPMERGE_SERVER_GRPC_DATA_PLANE_H_
 #define DCPMERGE_SERVER_GRPC_DATA_PLANE_H_
 
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <set>
+#include <thread>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "dcpmerge/v1/data.grpc.pb.h"
 #include "server/data_plane.h"
 #include "server/group.h"
@@ -22,27 +51,64 @@
 
 namespace dcpmerge {
 
-class GrpcDataPlane final : public v1::MergeData::Service, public DataPlane {
+class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPlane {
  public:
-  GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats);
+  struct Options {
+    size_t max_streams = 256;
+    size_t max_response_queue = 32;
+    absl::Duration bind_timeout = absl::Seconds(10);
+    absl::Duration write_timeout = absl::Seconds(5);
+    absl::Duration stop_flush_timeout = absl::Seconds(2);
+  };
+  // Checks a new stream's credential: OK, or the status to end it with and
+  // (in *not_before) when that answer may be sent. Unset: no check.
+  using AuthFn = std::function<grpc::Status(const grpc::CallbackServerContext& context, absl::Time* not_before)>;
 
-  grpc::Status MergeStream(
-      grpc::ServerContext* context,
-      grpc::ServerReaderWriter<v1::MergeResponse, v1::MergeRequest>* stream) override;
+  GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats);
+  GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats, Options options, AuthFn auth);
+  ~GrpcDataPlane() override;
+
+  grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* MergeStream(
+      grpc::CallbackServerContext* context) override;
 
   v1::DataPlane kind() const override { return v1::DATA_PLANE_GRPC; }
   bool Up() const override { return !stopping_.load(); }
+  // Blocks until every stream has ended (at most stop_flush_timeout, then
+  // the rest are cancelled). Idempotent.
   void Stop() override;
 
-  class Connection;
+  struct Counters {
+    size_t streams = 0;              // open now
+    size_t deepest_queue = 0;        // the longest response queue now
+    uint64_t refused_max_streams = 0;
+    uint64_t dropped_unread = 0;     // ranks dropped for not reading
+    uint64_t paused_reads = 0;       // times a full queue paused a stream's reads
+    uint64_t closed_idle = 0;        // unbound or ended-session streams closed
+  };
+  Counters counters() const;
+  const Options& options() const { return options_; }
+
+  class Reactor;
+  struct StreamState;
 
  private:
+  void Unregister(Reactor* r);
+  void HousekeepingLoop();
+
   StepCollector* const collector_;
   Group* const group_;
   Stats* const stats_;
+  const Options options_;
+  const AuthFn auth_;
   std::atomic<bool> stopping_{false};
-  absl::Mutex mu_;
-  std::set<std::shared_ptr<Connection>> connections_ ABSL_GUARDED_BY(mu_);
+  mutable absl::Mutex mu_;
+  std::set<Reactor*> streams_ ABSL_GUARDED_BY(mu_);
+  bool stop_housekeeping_ ABSL_GUARDED_BY(mu_) = false;
+  std::atomic<uint64_t> refused_max_streams_{0};
+  std::atomic<uint64_t> dropped_unread_{0};
+  std::atomic<uint64_t> paused_reads_{0};
+  std::atomic<uint64_t> closed_idle_{0};
+  std::thread housekeeping_;
 };
 
 }  // namespace dcpmerge

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -23,11 +24,13 @@
 #include "base/version.h"
 #include "common/group_spec.h"
 #include "common/names.h"
+#include "common/join_secret.h"
 #include "server/admin_auth.h"
 #include "server/merge_server.h"
 
-ABSL_FLAG(std::string, rank_address, "0.0.0.0:50051",
-          "Listener for the ranks (RankControl, MergeData); port 0 picks one");
+ABSL_FLAG(std::string, rank_address, "127.0.0.1:50051",
+          "Listener for the ranks (RankControl, MergeData); port 0 picks one. Beyond loopback it needs a join "
+          "secret or mutual TLS (or --allow_insecure_rank_address)");
 ABSL_FLAG(std::string, admin_address, "127.0.0.1:50052",
           "Listener for operators (Admin); keep it on loopback or behind TLS");
 ABSL_FLAG(std::string, admin_token_file, "",
@@ -75,6 +78,38 @@ ABSL_FLAG(std::string, ready_file, "",
           "Once serving, write \"<rank_port> <admin_port> <metrics_port> <health_port>\\n\" to this file (0: "
           "off; for supervisors and tests)");
 ABSL_FLAG(bool, quiet, false, "Only warnings and errors on stderr");
+// Limits and security (docs/server.md, "Limits and security").
+ABSL_FLAG(std::string, join_secret_file, "",
+          "File holding the group's join secret, required on every rank call (else env DCPMERGE_JOIN_SECRET; "
+          "never a flag value); re-read every 2 s and on SIGHUP");
+ABSL_FLAG(bool, allow_insecure_rank_address, false,
+          "INSECURE: let --rank_address listen beyond loopback with no join secret and no mutual TLS (anyone who "
+          "reaches it can join or replace a rank)");
+ABSL_FLAG(int64_t, max_message_bytes, 0,
+          "Largest MergeData message (0: one part of the start-up configuration + 64 KiB, at least 64 MiB)");
+ABSL_FLAG(int64_t, max_buffered_bytes, 0,
+          "gRPC memory quota of the rank listener for messages still arriving (0: max(256 MiB, 2 x N x "
+          "(part + 64 KiB)))");
+ABSL_FLAG(int32_t, max_rpc_threads, 64, "Threads for sync handlers per listener (beyond: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int64_t, max_streams, 256, "MergeData streams open at once on the rank listener (beyond: RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int64_t, max_response_queue, 32,
+          "Responses waiting to be read per stream; beyond, the rank is dropped (RESOURCE_EXHAUSTED)");
+ABSL_FLAG(int64_t, stream_bind_timeout_ms, 10000,
+          "Close a MergeData stream that sent nothing from a live session for this long");
+ABSL_FLAG(int64_t, max_pending_steps_per_rank, 0,
+          "Steps one rank may have waiting for the others (0: max_pending_steps / world_size)");
+ABSL_FLAG(int64_t, max_pending_bytes, int64_t{1} << 30, "Payload bytes of parts held (collecting or merging)");
+ABSL_FLAG(int32_t, max_layers, 4096, "Layer ids 0..max_layers-1 on every API (and at most that many scales)");
+ABSL_FLAG(int64_t, heap_retain_bytes, int64_t{256} << 20,
+          "Freed heap memory kept for reuse; beyond, it is returned to the kernel");
+ABSL_FLAG(int64_t, shutdown_grace_ms, 1000, "SIGTERM: steps in flight may finish within this, then UNAVAILABLE");
+ABSL_FLAG(std::string, state_file, "",
+          "Configuration, scales and version, written atomically on every change and restored at start; empty: off");
+ABSL_FLAG(bool, state_fsync, true,
+          "fsync every --state_file change before answering (survives a power loss); false: it survives the "
+          "process only, and SetScales answers faster");
+ABSL_FLAG(std::string, state_missing, "error",
+          "--state_file absent at start: error (refuse to start) | fresh (create it; a first start)");
 
 namespace dcpmerge {
 namespace {
@@ -165,6 +200,40 @@ int Run() {
   }
   o.metrics_address = absl::GetFlag(FLAGS_metrics_address);
   o.health_address = absl::GetFlag(FLAGS_health_address);
+  auto secret = LoadJoinSecret(absl::GetFlag(FLAGS_join_secret_file));
+  if (!secret.ok()) {
+    LogError("%s", secret.status().ToString());
+    return 2;
+  }
+  o.join_secret = *secret;
+  o.allow_insecure_rank_address = absl::GetFlag(FLAGS_allow_insecure_rank_address);
+  o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  o.max_buffered_bytes = absl::GetFlag(FLAGS_max_buffered_bytes);
+  o.max_rpc_threads = absl::GetFlag(FLAGS_max_rpc_threads);
+  o.max_streams = static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_streams)));
+  o.max_response_queue = static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_response_queue)));
+  o.stream_bind_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_stream_bind_timeout_ms));
+  o.max_pending_steps_per_rank = static_cast<size_t>(std::max<int64_t>(0, absl::GetFlag(FLAGS_max_pending_steps_per_rank)));
+  o.max_pending_bytes = absl::GetFlag(FLAGS_max_pending_bytes);
+  o.max_layers = absl::GetFlag(FLAGS_max_layers);
+  o.heap_retain_bytes = absl::GetFlag(FLAGS_heap_retain_bytes);
+  o.shutdown_grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
+  o.state_file = absl::GetFlag(FLAGS_state_file);
+  const std::string state_missing = absl::GetFlag(FLAGS_state_missing);
+  if (state_missing != "error" && state_missing != "fresh") {
+    LogError("--state_missing: '%s' is not error or fresh", EscapeForLog(state_missing));
+    return 2;
+  }
+  o.state_missing_fresh = state_missing == "fresh";
+  o.state_fsync = absl::GetFlag(FLAGS_state_fsync);
+  if (o.max_message_bytes < 0 || o.max_buffered_bytes < 0 || o.max_rpc_threads < 2 || o.max_streams < 1 ||
+      o.max_response_queue < 1 || o.stream_bind_timeout <= absl::ZeroDuration() || o.max_pending_bytes < 0 ||
+      o.max_layers < 1 || o.heap_retain_bytes < 0 || o.shutdown_grace < absl::ZeroDuration()) {
+    LogError("--max_message_bytes, --max_buffered_bytes, --max_pending_bytes, --heap_retain_bytes and "
+             "--shutdown_grace_ms must be >= 0; --max_streams, --max_response_queue, --max_layers and "
+             "--stream_bind_timeout_ms >= 1; --max_rpc_threads >= 2");
+    return 2;
+  }
 
   auto server = MergeServer::Start(o);
   if (!server.ok()) {
@@ -182,13 +251,29 @@ int Run() {
   // keeps the current token (a rotation in progress must not lock admins out).
   const std::string token_file = absl::GetFlag(FLAGS_admin_token_file);
   std::string current_token = o.admin_token;
+  // The join secret rotates the same way (--join_secret_file).
+  const std::string secret_file = absl::GetFlag(FLAGS_join_secret_file);
+  std::string current_secret = o.join_secret;
   int sig = 0;
   while (true) {
     const timespec poll = {2, 0};
     sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGTERM || sig == SIGINT) break;
+    if (!secret_file.empty()) {
+      auto fresh = LoadJoinSecret(secret_file);
+      if (!fresh.ok() || fresh->empty()) {
+        if (sig == SIGHUP) LogWarning("SIGHUP: %s unreadable or empty; keeping the current join secret", secret_file);
+      } else if (*fresh != current_secret) {
+        current_secret = *fresh;
+        (*server)->SetJoinSecret(current_secret);
+        LogInfo("join secret reloaded from %s", secret_file);
+      }
+    }
     if (sig == SIGHUP && token_file.empty()) {
-      LogWarning("SIGHUP: no --admin_token_file to reload (DCPMERGE_ADMIN_TOKEN needs a restart)");
+      if (secret_file.empty()) {
+        LogWarning("SIGHUP: no --admin_token_file or --join_secret_file to reload (the environment variables need "
+                   "a restart)");
+      }
       continue;
     }
     if (token_file.empty()) continue;

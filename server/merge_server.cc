@@ -3,6 +3,8 @@
 #include <string_view>
 #include <utility>
 
+#include "absl/strings/match.h"
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/file.h"
@@ -10,12 +12,15 @@
 #include "common/channel_args.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/admin_service.h"
 #include "server/control_service.h"
 #include "server/grpc_data_plane.h"
 #include "server/metrics/metrics_exporter.h"
+#include "server/state_file.h"
+#include "base/heap.h"
 #include "base/log.h"
 
 namespace dcpmerge {
@@ -89,6 +94,48 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
   return grpc::SslServerCredentials(ssl);
 }
 
+// Headroom of a MergeData message beyond its payloads (header, framing).
+constexpr int64_t kMessageHeadroom = 64 << 10;
+// Floors of the derived limits: a later Configure may grow the shape up to
+// them without a restart.
+constexpr int64_t kMinDerivedMessageBytes = int64_t{64} << 20;
+constexpr int64_t kMinDerivedBufferedBytes = int64_t{256} << 20;
+
+// "host:port", "[v6]:port", "unix:..." -> is the listener loopback-only?
+bool IsLoopbackAddress(const std::string& address) {
+  if (absl::StartsWith(address, "unix:") || absl::StartsWith(address, "unix-abstract:")) return true;
+  std::string host = address;
+  if (absl::StartsWith(host, "ipv4:")) host = host.substr(5);
+  if (absl::StartsWith(host, "ipv6:")) host = host.substr(5);
+  if (!host.empty() && host[0] == '[') {
+    const size_t close = host.find(']');
+    host = close == std::string::npos ? host : host.substr(1, close - 1);
+  } else if (const size_t colon = host.rfind(':'); colon != std::string::npos) {
+    host = host.substr(0, colon);
+  }
+  return absl::StartsWith(host, "127.") || host == "::1" || host == "localhost" ||
+         absl::StartsWith(host, "::ffff:127.");
+}
+
+}  // namespace
+
+namespace {
+
+metrics::LimitsState ToMetrics(const MergeServer::LimitsSnapshot& l) {
+  metrics::LimitsState m;
+  m.present = true;
+  m.limits = l.limits;
+  m.usage = l.usage;
+  m.refusals = l.refusals;
+  m.stalled = l.stalled;
+  m.admin_auth_failures = l.admin_auth_failures;
+  m.join_auth_failures = l.join_auth_failures;
+  m.heap_free_bytes = l.heap_free_bytes;
+  m.heap_trims = l.heap_trims;
+  m.state_restored = l.state_restored;
+  return m;
+}
+
 }  // namespace
 
 MergeServer::MergeServer(MergeServerOptions options) : options_(std::move(options)) {}
@@ -102,21 +149,121 @@ absl::StatusOr<std::unique_ptr<MergeServer>> MergeServer::Start(MergeServerOptio
   return s;
 }
 
+absl::Status MergeServer::CheckRankAddress() const {
+  if (!options_.join_secret.empty() || !options_.tls_client_ca_file.empty()) return absl::OkStatus();
+  if (IsLoopbackAddress(options_.rank_address)) return absl::OkStatus();
+  if (options_.allow_insecure_rank_address) {
+    LogWarning("rank_address %s is reachable beyond loopback and ranks need no credential "
+               "(--allow_insecure_rank_address): anyone who reaches it can join or replace a rank",
+               EscapeForLog(options_.rank_address));
+    return absl::OkStatus();
+  }
+  return absl::FailedPreconditionError(absl::StrCat(
+      "rank_address: ", options_.rank_address,
+      " is reachable beyond loopback but ranks need no credential; set a join secret (--join_secret_file or "
+      "DCPMERGE_JOIN_SECRET), or mutual TLS (--tls_client_ca_file), or accept the risk with "
+      "--allow_insecure_rank_address"));
+}
+
+absl::Status MergeServer::InitStateAndLimits() {
+  // 1. The durable state, if any: restored first, so the limits can be
+  //    derived from the configuration it holds.
+  std::optional<ConfigSnapshot> restored;
+  if (!options_.state_file.empty()) {
+    absl::StatusOr<std::optional<ConfigSnapshot>> read = ReadStateFile(options_.state_file);
+    if (!read.ok()) return read.status();
+    if (read->has_value()) {
+      restored = std::move(**read);
+    } else if (!options_.state_missing_fresh) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "state_file ", options_.state_file,
+          ": does not exist; start with --state_missing=fresh to create it (a first start), or restore the file "
+          "(a restart must not fall back to default scales silently)"));
+    } else {
+      LogWarning("state_file %s does not exist: fresh start (--state_missing=fresh); scales start at the default",
+                 EscapeForLog(options_.state_file));
+    }
+  }
+  // 2. Limits derived from the configuration in force at start.
+  std::optional<GroupSpec> shape;
+  if (options_.initial_config.has_value()) {
+    absl::StatusOr<GroupSpec> spec = GroupSpecFromProto(*options_.initial_config);
+    if (!spec.ok()) return spec.status();
+    shape = *spec;
+  } else if (restored.has_value() && restored->configured) {
+    shape = restored->spec;
+  }
+  // Derived: what the start-up shape needs, at least the floors (a later
+  // Configure may grow up to them; beyond, it is refused naming the flag).
+  const int64_t message = shape.has_value() ? shape->PartialOutBytes(shape->max_tokens) +
+                                                  shape->LseBytes(shape->max_tokens) + kMessageHeadroom
+                                            : 0;
+  max_message_bytes_ = options_.max_message_bytes;
+  if (max_message_bytes_ <= 0) max_message_bytes_ = std::max(message, kMinDerivedMessageBytes);
+  max_message_bytes_ = std::min<int64_t>(max_message_bytes_, kMaxRankListenerMessageBytes);
+  max_buffered_bytes_ = options_.max_buffered_bytes;
+  if (max_buffered_bytes_ <= 0) {
+    const int64_t n = shape.has_value() ? shape->num_parts : 1;
+    max_buffered_bytes_ = std::max(kMinDerivedBufferedBytes, 2 * n * message);
+  }
+  ConfigStore::Options co;
+  co.max_layers = options_.max_layers;
+  co.max_part_bytes = max_message_bytes_ - kMessageHeadroom;
+  co.max_step_bytes = options_.max_pending_bytes;
+  co.max_buffered_bytes = max_buffered_bytes_;
+  co.message_headroom = kMessageHeadroom;
+  config_.SetOptions(co);
+
+  // 3. Restore, then apply the start-up configuration when it differs.
+  if (restored.has_value()) {
+    if (absl::Status st = config_.Restore(*restored); !st.ok()) {
+      return absl::Status(st.code(), absl::StrCat("state_file ", options_.state_file, ": ", st.message()));
+    }
+    state_restored_ = true;
+    LogInfo("restored state version %u (%d layer scales, default scale %g) from %s", restored->version,
+            restored->layer_scales.size(), restored->default_scale, EscapeForLog(options_.state_file));
+  }
+  if (!options_.state_file.empty()) {
+    const std::string path = options_.state_file;
+    const bool sync = options_.state_fsync;
+    config_.SetPersist([path, sync](const ConfigSnapshot& next) { return WriteStateFile(path, next, sync); });
+  }
+  if (options_.initial_config.has_value()) {
+    const std::shared_ptr<const ConfigSnapshot> cur = config_.Current();
+    const bool same = cur->configured && cur->hash == GroupSpecHash(*shape);
+    if (!same) {
+      // With a restored state the start-up default scale does not override
+      // the restored one; without, it is the initial default.
+      auto snap = config_.Configure(*options_.initial_config, restored.has_value() ? 0.0f
+                                                                                   : options_.initial_default_scale);
+      if (!snap.ok()) return snap.status();
+      if (restored.has_value()) {
+        LogInfo("start-up configuration differs from the restored one: applied as version %u", (*snap)->version);
+      }
+    }
+  }
+  if (!options_.state_file.empty() && !state_restored_ && config_.Current()->version == 0) {
+    // Fresh and unconfigured: the file exists from now on.
+    if (absl::Status st = WriteStateFile(options_.state_file, *config_.Current(), options_.state_fsync); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MergeServer::Init() {
   if (options_.data_plane != "grpc" && options_.data_plane != "nccl") {
     return absl::InvalidArgumentError(
         absl::StrCat("data_plane: '", options_.data_plane, "' is not grpc or nccl"));
   }
+  if (absl::Status st = CheckRankAddress(); !st.ok()) return st;
   auto backend = MakeComputeBackend(options_.backend, options_.cpu_threads, &backend_reason_);
   if (!backend.ok()) return backend.status();
   backend_ = std::move(*backend);
   backend_name_ = backend_->name();
   LogInfo("compute backend: %s", backend_reason_);
 
-  if (options_.initial_config.has_value()) {
-    auto snap = config_.Configure(*options_.initial_config, options_.initial_default_scale);
-    if (!snap.ok()) return snap.status();
-  }
+  if (absl::Status st = InitStateAndLimits(); !st.ok()) return st;
 
   if (!options_.metrics_address.empty()) {
     latency_histograms_ = std::make_unique<metrics::LatencyHistograms>();
@@ -127,6 +274,8 @@ absl::Status MergeServer::Init() {
   StepCollector::Options co;
   co.step_timeout = options_.step_timeout;
   co.max_pending_steps = options_.max_pending_steps;
+  co.max_pending_steps_per_rank = options_.max_pending_steps_per_rank;
+  co.max_pending_bytes = options_.max_pending_bytes;
   collector_ = std::make_unique<StepCollector>(&config_, group_.get(), backend_.get(), &stats_, co);
   group_->SetCallbacks(
       [this](int32_t rank, const absl::Status& reason) {
@@ -137,9 +286,12 @@ absl::Status MergeServer::Init() {
         collector_->ForgetFinished();
         UpdateHealth();
       });
+  collector_->SetStallCallback([this] { UpdateHealth(); });
   collector_->Start();
   group_->StartWatchdog();
 
+  join_guard_ = std::make_unique<AuthFailureGuard>("join secret", options_.auth_penalty);
+  join_check_ = std::make_unique<JoinSecretCheck>(options_.join_secret, join_guard_.get());
   GrpcDataPlane* plane_service = nullptr;  // MergeData: served by the gRPC plane only
   if (options_.data_plane == "nccl") {
     NcclDataPlaneOptions no = options_.nccl;
@@ -150,14 +302,25 @@ absl::Status MergeServer::Init() {
     if (!st.ok()) return st;
     plane_ = std::move(nccl_plane);
   } else {
-    auto grpc_plane = std::make_unique<GrpcDataPlane>(collector_.get(), group_.get(), &stats_);
+    GrpcDataPlane::Options po;
+    po.max_streams = options_.max_streams;
+    po.max_response_queue = options_.max_response_queue;
+    po.bind_timeout = options_.stream_bind_timeout;
+    po.write_timeout = options_.response_write_timeout > absl::ZeroDuration() ? options_.response_write_timeout
+                                                                              : options_.step_timeout;
+    JoinSecretCheck* check = join_check_.get();
+    auto grpc_plane = std::make_unique<GrpcDataPlane>(
+        collector_.get(), group_.get(), &stats_, po,
+        [check](const grpc::CallbackServerContext& ctx, absl::Time* not_before) {
+          return check->Check(ctx, not_before);
+        });
     plane_service = grpc_plane.get();
     plane_ = std::move(grpc_plane);
   }
   control_service_ = std::make_unique<ControlService>(
       &config_, group_.get(), plane_.get(), backend_name_, options_.step_timeout,
-      [this] { return Ready(); });
-  admin_service_ = std::make_unique<AdminService>(this, options_.admin_token);
+      [this] { return Ready(); }, join_check_.get());
+  admin_service_ = std::make_unique<AdminService>(this, options_.admin_token, options_.auth_penalty);
   if (options_.admin_token.empty()) {
     LogWarning("no admin token (--admin_token_file or DCPMERGE_ADMIN_TOKEN): admin calls are refused");
   }
@@ -171,6 +334,19 @@ absl::Status MergeServer::Init() {
   rank_builder.RegisterService(control_service_.get());
   if (plane_service != nullptr) rank_builder.RegisterService(plane_service);
   ConfigureRankListener(&rank_builder);
+  // Limits of the rank listener (after the shared settings, which they
+  // override): the message size the configuration implies, gRPC's memory
+  // quota for messages still arriving, threads for sync handlers, streams
+  // per connection, idle and handshake timeouts.
+  rank_builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes_));
+  grpc::ResourceQuota rank_quota("dcpmerge-rank-listener");
+  rank_quota.Resize(static_cast<size_t>(max_buffered_bytes_));
+  rank_quota.SetMaxThreads(options_.max_rpc_threads);
+  rank_builder.SetResourceQuota(rank_quota);
+  rank_builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                                  static_cast<int>(std::min<size_t>(options_.max_streams + 64, 1 << 20)));
+  rank_builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 60000);
+  rank_builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
   rank_server_ = rank_builder.BuildAndStart();
   if (rank_server_ == nullptr || rank_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("rank_address: cannot listen on ", options_.rank_address));
@@ -178,6 +354,9 @@ absl::Status MergeServer::Init() {
   grpc::ServerBuilder admin_builder;
   admin_builder.AddListeningPort(options_.admin_address, *creds, &admin_port_);
   admin_builder.RegisterService(admin_service_.get());
+  grpc::ResourceQuota admin_quota("dcpmerge-admin-listener");
+  admin_quota.SetMaxThreads(options_.max_rpc_threads);
+  admin_builder.SetResourceQuota(admin_quota);
   admin_server_ = admin_builder.BuildAndStart();
   if (admin_server_ == nullptr || admin_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("admin_address: cannot listen on ", options_.admin_address));
@@ -212,6 +391,7 @@ absl::Status MergeServer::Init() {
           st.stats = GetStats();
           GetConfig(&st.config);
           st.nccl_state = plane_->CommunicatorState();
+          st.limits = ToMetrics(Limits());
           return st;
         },
         latency_histograms_.get());
@@ -219,16 +399,39 @@ absl::Status MergeServer::Init() {
     metrics_ = std::move(*exporter);
     metrics_port_ = metrics_->port();
   }
+  maintenance_ = std::thread([this] { MaintenanceLoop(); });
   UpdateHealth();
-  LogInfo("rank listener on port %d (RankControl%s), admin listener on port %d, data plane %s", rank_port_,
-          plane_service != nullptr ? ", MergeData" : "", admin_port_, options_.data_plane);
+  LogInfo("rank listener on port %d (RankControl%s%s), admin listener on port %d, data plane %s", rank_port_,
+          plane_service != nullptr ? ", MergeData" : "", join_check_->enabled() ? "; join secret required" : "",
+          admin_port_, options_.data_plane);
+  LogInfo("limits: max_message_bytes %d, max_buffered_bytes %d, max_streams %u, max_response_queue %u, "
+          "max_pending_steps %u (per rank %u), max_pending_bytes %d, max_layers %d",
+          max_message_bytes_, max_buffered_bytes_, options_.max_streams, options_.max_response_queue,
+          options_.max_pending_steps,
+          collector_->PerRankQuota(config_.Current()->configured ? config_.Current()->spec.num_parts : 1),
+          options_.max_pending_bytes, options_.max_layers);
   if (metrics_port_ != 0) LogInfo("metrics on port %d (GET /metrics)", metrics_port_);
   return absl::OkStatus();
 }
 
+void MergeServer::MaintenanceLoop() {
+  while (true) {
+    {
+      absl::MutexLock lock(&maintenance_mu_);
+      auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(maintenance_mu_) { return stop_maintenance_; };
+      if (maintenance_mu_.AwaitWithTimeout(absl::Condition(&stopped), absl::Seconds(1))) return;
+    }
+    bool trimmed = false;
+    heap_free_bytes_.store(BoundHeapRetention(static_cast<size_t>(options_.heap_retain_bytes), &trimmed));
+    if (trimmed) heap_trims_.fetch_add(1);
+  }
+}
+
 bool MergeServer::Ready() const {
+  // A group stalled by a limit (RESOURCE_EXHAUSTED, a saturated response
+  // queue) is not ready until the stall window has passed.
   return config_.Current()->configured && group_->Complete() && plane_->Up() &&
-         !draining_.load() && !shut_down_.load();
+         !draining_.load() && !shut_down_.load() && !collector_->Stalled();
 }
 
 void MergeServer::UpdateHealth() {
@@ -339,17 +542,80 @@ void MergeServer::SetAdminToken(const std::string& token) {
   static_cast<AdminService*>(admin_service_.get())->SetToken(token);
 }
 
+void MergeServer::SetJoinSecret(const std::string& secret) {
+  if (secret.empty() && join_check_->enabled()) return;
+  join_check_->Set(secret);
+}
+
+MergeServer::LimitsSnapshot MergeServer::Limits() const {
+  LimitsSnapshot l;
+  const std::shared_ptr<const ConfigSnapshot> cfg = config_.Current();
+  const int32_t n = cfg->configured ? cfg->spec.num_parts : 1;
+  l.limits = {
+      {"max_message_bytes", static_cast<double>(max_message_bytes_)},
+      {"max_buffered_bytes", static_cast<double>(max_buffered_bytes_)},
+      {"max_rpc_threads", static_cast<double>(options_.max_rpc_threads)},
+      {"max_streams", static_cast<double>(options_.max_streams)},
+      {"max_response_queue", static_cast<double>(options_.max_response_queue)},
+      {"max_pending_steps", static_cast<double>(options_.max_pending_steps)},
+      {"max_pending_steps_per_rank", static_cast<double>(collector_->PerRankQuota(n))},
+      {"max_pending_bytes", static_cast<double>(options_.max_pending_bytes)},
+      {"max_layers", static_cast<double>(options_.max_layers)},
+      {"heap_retain_bytes", static_cast<double>(options_.heap_retain_bytes)},
+  };
+  l.usage = {
+      {"pending_steps", static_cast<double>(collector_->InFlight())},
+      {"pending_bytes", static_cast<double>(collector_->PendingBytes())},
+      {"scale_layers", static_cast<double>(cfg->layer_scales.size())},
+  };
+  const std::array<uint64_t, StepCollector::kNumLimits> refusals = collector_->LimitRefusals();
+  for (int i = 0; i < StepCollector::kNumLimits; ++i) {
+    l.refusals.emplace_back(StepCollector::LimitName(static_cast<StepCollector::Limit>(i)), refusals[i]);
+  }
+  if (const auto* grpc_plane = dynamic_cast<const GrpcDataPlane*>(plane_.get()); grpc_plane != nullptr) {
+    const GrpcDataPlane::Counters c = grpc_plane->counters();
+    l.usage.emplace_back("streams", static_cast<double>(c.streams));
+    l.usage.emplace_back("response_queue_deepest", static_cast<double>(c.deepest_queue));
+    l.refusals.emplace_back("max_streams", c.refused_max_streams);
+    l.refusals.emplace_back("max_response_queue", c.dropped_unread);
+    l.refusals.emplace_back("stream_bind_timeout", c.closed_idle);
+  }
+  l.stalled = collector_->Stalled();
+  l.admin_auth_failures = static_cast<const AdminService*>(admin_service_.get())->auth_failures();
+  l.join_auth_failures = join_guard_ != nullptr ? join_guard_->failures() : 0;
+  l.heap_free_bytes = heap_free_bytes_.load();
+  l.heap_trims = heap_trims_.load();
+  l.state_restored = state_restored_;
+  return l;
+}
+
 void MergeServer::Shutdown() {
   if (shut_down_.exchange(true)) return;
-  metrics_.reset();  // no scrape runs past this point
+  auto stop_maintenance = [this] {
+    {
+      absl::MutexLock lock(&maintenance_mu_);
+      stop_maintenance_ = true;
+    }
+    if (maintenance_.joinable()) maintenance_.join();
+  };
   if (rank_server_ == nullptr) {  // Init failed part way
+    metrics_.reset();
     if (collector_) collector_->Stop();
     if (plane_) plane_->Stop();
     if (group_) group_->StopWatchdog();
+    stop_maintenance();
     return;
   }
-  LogInfo("shutting down: failing in-flight steps, closing streams");
+  // The order is the contract (docs/server.md): readiness NOT_SERVING
+  // first; then new steps are refused (UNAVAILABLE, answered); steps in
+  // flight may finish within shutdown_grace, the rest fail UNAVAILABLE;
+  // every part read is answered; streams end UNAVAILABLE; listeners stop;
+  // the metrics endpoint goes last (a scrape during shutdown still works).
   UpdateHealth();
+  LogInfo("shutting down: readiness NOT_SERVING, refusing new steps, up to %s for steps in flight",
+          absl::FormatDuration(options_.shutdown_grace));
+  collector_->StopAccepting(absl::UnavailableError("server shutting down"));
+  const bool idle = collector_->WaitIdle(options_.shutdown_grace);
   collector_->Stop();
   plane_->Stop();
   const absl::Time deadline = absl::Now() + absl::Seconds(2);
@@ -357,7 +623,9 @@ void MergeServer::Shutdown() {
   if (admin_server_ != nullptr) admin_server_->Shutdown(absl::ToChronoTime(deadline));
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(deadline));
   group_->StopWatchdog();
-  LogInfo("shutdown complete");
+  stop_maintenance();
+  metrics_.reset();
+  LogInfo("shutdown complete (%s)", idle ? "steps in flight finished" : "steps still in flight failed UNAVAILABLE");
 }
 
 }  // namespace dcpmerge

@@ -9,12 +9,16 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "dcpmerge/v1/admin.pb.h"
 #include "dcpmerge/v1/config.pb.h"
 #include "grpcpp/server.h"
+#include "server/auth_guard.h"
 #include "server/compute_backend.h"
 #include "server/config_store.h"
 #include "server/data_plane.h"
@@ -37,7 +41,7 @@ struct ServerState;
 inline constexpr char kMergeHealthService[] = "dcpmerge.v1.MergeData";
 
 struct MergeServerOptions {
-  std::string rank_address = "0.0.0.0:50051";   // port 0: pick one
+  std::string rank_address = "127.0.0.1:50051";  // port 0: pick one
   std::string admin_address = "127.0.0.1:50052";
   std::string admin_token;  // "" disables the admin service
   // TLS (PEM file paths). cert+key enable TLS on both listeners; client_ca
@@ -64,6 +68,57 @@ struct MergeServerOptions {
   // other listeners), for probes that cannot speak TLS (kubelet gRPC probes).
   // "" = off; port 0 picks one.
   std::string health_address;
+
+  // ---- Limits and security (docs/server.md, "Limits and security").
+  // The rank plane's credential: every RankControl call and MergeData
+  // stream must carry it (common/join_secret.h). Rotated with
+  // SetJoinSecret. "" = none.
+  std::string join_secret;
+  // Without a join secret or mutual TLS (tls_client_ca_file), a rank_address
+  // beyond loopback is refused at start unless this is set.
+  bool allow_insecure_rank_address = false;
+  // Largest MergeData message accepted (gRPC's receive limit on the rank
+  // listener). 0: derived from the start-up configuration: one part
+  // (partial_out + lse at max_tokens) + 64 KiB, at least 64 MiB. A later
+  // Configure beyond it is refused.
+  int64_t max_message_bytes = 0;
+  // gRPC's memory quota of the rank listener: bytes of messages still
+  // arriving. Beyond, gRPC resets the stream (the client sees
+  // RESOURCE_EXHAUSTED). 0: max(256 MiB, 2 x N x (part + 64 KiB)). A later
+  // Configure whose two messages per rank would not fit is refused.
+  int64_t max_buffered_bytes = 0;
+  // Threads for sync handlers (RankControl, health, reflection) per
+  // listener; beyond, calls get RESOURCE_EXHAUSTED.
+  int max_rpc_threads = 64;
+  // MergeData streams open at once; results waiting per stream (beyond:
+  // the rank is dropped); idle unbound streams closed after this.
+  size_t max_streams = 256;
+  size_t max_response_queue = 32;
+  absl::Duration stream_bind_timeout = absl::Seconds(10);
+  // A response not taken by its rank within this drops the rank (0: the
+  // step timeout).
+  absl::Duration response_write_timeout = absl::ZeroDuration();
+  // Steps one rank may have waiting for the others (0: max_pending_steps /
+  // N); payload bytes held (collecting, ready, merging).
+  size_t max_pending_steps_per_rank = 0;
+  int64_t max_pending_bytes = int64_t{1} << 30;
+  // Layer ids 0..max_layers-1 on every API; at most that many scales.
+  int32_t max_layers = kDefaultMaxLayers;
+  // Freed heap memory kept for reuse; beyond, returned to the kernel.
+  int64_t heap_retain_bytes = int64_t{256} << 20;
+  // SIGTERM: steps in flight may finish within this; then UNAVAILABLE.
+  absl::Duration shutdown_grace = absl::Seconds(1);
+  // Wrong admin tokens and join secrets: answer spacing and logging.
+  AuthFailureGuard::Options auth_penalty;
+  // Durable state (server/state_file.h): "" = off. When the file exists it
+  // is restored (a corrupt one is a start-up error); when it does not, the
+  // start fails unless state_missing_fresh (then it is created).
+  std::string state_file;
+  bool state_missing_fresh = false;
+  // fsync each change before answering (survives a power loss); false: the
+  // change survives the process only (docs/benchmarks.md: SetScales ~10x
+  // faster on this build machine's disk).
+  bool state_fsync = true;
 };
 
 class MergeServer {
@@ -75,11 +130,15 @@ class MergeServer {
   int admin_port() const { return admin_port_; }
   int metrics_port() const { return metrics_port_; }  // 0: metrics off
   int health_port() const { return health_port_; }    // 0: no health-only listener
+  // The rank listener's message limit in force (derived or set).
+  int64_t max_message_bytes() const { return max_message_bytes_; }
   const std::string& backend_name() const { return backend_name_; }
   const std::string& backend_reason() const { return backend_reason_; }
 
-  // Graceful: refuse new steps, fail in-flight ones with UNAVAILABLE
-  // "server shutting down", flush responses, close streams, stop listeners.
+  // Graceful, in this order: readiness NOT_SERVING; new steps refused
+  // (UNAVAILABLE "server shutting down", answered); steps in flight may
+  // finish within shutdown_grace, then fail UNAVAILABLE; every part read is
+  // answered; streams end UNAVAILABLE; listeners stop; metrics last.
   // Idempotent.
   void Shutdown();
 
@@ -93,7 +152,25 @@ class MergeServer {
   v1::DrainResponse Drain(absl::Duration timeout);
   // Replaces the admin bearer token (rotation without a restart).
   void SetAdminToken(const std::string& token);
+  // Replaces the join secret (rotation without a restart). Sessions already
+  // joined stay; every later call must carry the new one. An empty secret
+  // is ignored when one is set (a rotation in progress never opens the
+  // rank plane).
+  void SetJoinSecret(const std::string& secret);
 
+  // The limits in force, their use and their refusals (metrics, tests).
+  struct LimitsSnapshot {
+    std::vector<std::pair<std::string, double>> limits;    // flag name -> value
+    std::vector<std::pair<std::string, double>> usage;     // what is used now
+    std::vector<std::pair<std::string, uint64_t>> refusals;  // refusals since start
+    bool stalled = false;                                  // a limit refused within the step timeout
+    uint64_t admin_auth_failures = 0;
+    uint64_t join_auth_failures = 0;
+    uint64_t heap_free_bytes = 0;
+    uint64_t heap_trims = 0;
+    bool state_restored = false;
+  };
+  LimitsSnapshot Limits() const;
   // Readiness: configured, group complete, data plane up, not draining.
   bool Ready() const;
 
@@ -102,7 +179,12 @@ class MergeServer {
   // The rank event counters and the device series of a scrape.
   void FillMembershipAndDevice(metrics::ServerState* st) const;
   absl::Status Init();
+  // State file + limits derived from the configuration (before the
+  // listeners exist).
+  absl::Status InitStateAndLimits();
+  absl::Status CheckRankAddress() const;
   void UpdateHealth();
+  void MaintenanceLoop();
 
   MergeServerOptions options_;
   ConfigStore config_;
@@ -135,6 +217,18 @@ class MergeServer {
   std::atomic<bool> draining_{false};
   std::atomic<bool> shut_down_{false};
   absl::Mutex health_mu_;
+
+  // Limits and security.
+  int64_t max_message_bytes_ = 0;
+  int64_t max_buffered_bytes_ = 0;
+  bool state_restored_ = false;
+  std::unique_ptr<AuthFailureGuard> join_guard_;
+  std::unique_ptr<JoinSecretCheck> join_check_;
+  std::atomic<uint64_t> heap_free_bytes_{0};
+  std::atomic<uint64_t> heap_trims_{0};
+  absl::Mutex maintenance_mu_;
+  bool stop_maintenance_ ABSL_GUARDED_BY(maintenance_mu_) = false;
+  std::thread maintenance_;
 };
 
 }  // namespace dcpmerge

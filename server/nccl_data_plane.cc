@@ -375,10 +375,7 @@ uint64_t NcclDataPlane::PinStep() {
 absl::Status NcclDataPlane::RunMerge(transport::MergeStep& step) {
   const ConfigSnapshot& snap = *step_snapshot_;
   const MergeConfig& merge = snap.spec.merge;
-  if (step.layer_id < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("layer_id: the ranks sent ", step.layer_id, ", must be >= 0"));
-  }
+  if (absl::Status st = snap.CheckLayer(step.layer_id, "layer_id"); !st.ok()) return st;
   float scale = snap.ScaleForLayer(step.layer_id);
   const bool per_tensor = merge.output_mode == OutputMode::kFp8PerTensor;
   MergeArgs args = ToMergeArgs(step, merge, per_tensor ? &scale : nullptr);

@@ -45,6 +45,7 @@ void StepCollector::Stop() {
   {
     absl::MutexLock lock(&mu_);
     left.swap(ready_);
+    for (const Pending& p : left) pending_bytes_ -= p.bytes;
   }
   for (Pending& p : left) {
     for (Waiter& w : p.waiters) {
@@ -82,11 +83,59 @@ void StepCollector::RememberLocked(uint64_t step, const absl::Status& status) {
   }
 }
 
+const char* StepCollector::LimitName(Limit l) {
+  switch (l) {
+    case kMaxPendingSteps: return "max_pending_steps";
+    case kMaxPendingStepsPerRank: return "max_pending_steps_per_rank";
+    case kMaxPendingBytes: return "max_pending_bytes";
+    default: return "unknown";
+  }
+}
+
+absl::Duration StepCollector::StallWindow() const {
+  return options_.stall_window > absl::ZeroDuration() ? options_.stall_window : options_.step_timeout;
+}
+
+size_t StepCollector::PerRankQuota(int32_t num_parts) const {
+  if (options_.max_pending_steps_per_rank > 0) return options_.max_pending_steps_per_rank;
+  return std::max<size_t>(1, options_.max_pending_steps / static_cast<size_t>(std::max(1, num_parts)));
+}
+
+void StepCollector::ReleaseWaitingLocked(const Pending& p) {
+  for (size_t r = 0; r < p.have.size() && r < waiting_by_rank_.size(); ++r) {
+    if (p.have[r]) --waiting_by_rank_[r];
+  }
+}
+
+bool StepCollector::RefusedLocked(Limit limit) {
+  ++refusals_[limit];
+  last_stall_ = absl::Now();
+  if (stalled_) return false;
+  stalled_ = true;
+  return true;
+}
+
+bool StepCollector::OldestOnlyFromLocked(int32_t rank, uint64_t* step) const {
+  bool found = false;
+  absl::Time oldest = absl::InfiniteFuture();
+  for (const auto& [id, p] : pending_) {
+    if (p.received == 1 && rank < static_cast<int32_t>(p.have.size()) && p.have[rank] &&
+        p.first_arrival < oldest) {
+      oldest = p.first_arrival;
+      *step = id;
+      found = true;
+    }
+  }
+  return found;
+}
+
 void StepCollector::FailLocked(uint64_t step, const absl::Status& status,
                                std::vector<Notification>* out) {
   auto it = pending_.find(step);
   if (it == pending_.end()) return;
   Pending& p = it->second;
+  ReleaseWaitingLocked(p);
+  pending_bytes_ -= p.bytes;
   for (Waiter& w : p.waiters) {
     out->emplace_back(std::move(w.done), ErrorResult(status, p.first, p.config.get()));
   }
@@ -105,9 +154,10 @@ absl::Status StepCollector::CheckPart(const StepPart& part,
         "header.num_tokens: rank ", rank, " sent ", h.num_tokens(),
         ", must be in 0..max_tokens (", spec.max_tokens, ")"));
   }
-  if (h.layer() < 0) {
+  if (h.layer() < 0 || h.layer() >= p.config->max_layers) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "header.layer: rank ", rank, " sent ", h.layer(), ", must be >= 0"));
+        "header.layer: rank ", rank, " sent ", h.layer(), ", must be in 0..", p.config->max_layers - 1,
+        " (the server's --max_layers is ", p.config->max_layers, ")"));
   }
   const int64_t want_out = spec.PartialOutBytes(h.num_tokens());
   if (static_cast<int64_t>(part.partial_out.size()) != want_out) {
@@ -152,11 +202,18 @@ void StepCollector::Submit(StepPart part, StepDone done) {
     Deliver(notes);
   };
   absl::Status refused;
+  std::vector<Notification> refused_notes;
   {
     absl::MutexLock lock(&mu_);
     refused = refuse_;
+    // Draining or shutting down: this step can never complete, so the ranks
+    // that already sent it are answered now, not at the deadline.
+    if (!refused.ok()) FailLocked(header.step(), refused, &refused_notes);
   }
-  if (!refused.ok()) return reject(refused);
+  if (!refused.ok()) {
+    Deliver(refused_notes);
+    return reject(refused);
+  }
   if (!current->configured) {
     return reject(absl::FailedPreconditionError("server not configured"));
   }
@@ -174,10 +231,25 @@ void StepCollector::Submit(StepPart part, StepDone done) {
         " not joined")));
   }
 
+  const int64_t part_bytes = static_cast<int64_t>(part.partial_out.size() + part.lse.size());
   std::vector<Notification> notes;
+  bool stall_began = false;
   {
     absl::MutexLock lock(&mu_);
     const uint64_t step = header.step();
+    // Refuses this part: the step fails for every rank of it (remembered, so
+    // the others' parts of it get the same status at once).
+    auto refuse_part = [&](Limit limit, const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      stall_began |= RefusedLocked(limit);
+      auto it = pending_.find(step);
+      if (it != pending_.end()) {
+        it->second.waiters.push_back(Waiter{rank, std::move(done)});
+        FailLocked(step, st, &notes);
+      } else {
+        RememberLocked(step, st);
+        notes.emplace_back(std::move(done), ErrorResult(st, header, current.get()));
+      }
+    };
     if (auto f = finished_.find(step); f != finished_.end()) {
       absl::Status st = f->second.ok()
                             ? absl::InvalidArgumentError(absl::StrCat(
@@ -186,47 +258,80 @@ void StepCollector::Submit(StepPart part, StepDone done) {
       notes.emplace_back(std::move(done), ErrorResult(st, header, current.get()));
     } else {
       auto it = pending_.find(step);
-      if (it == pending_.end() && pending_.size() >= options_.max_pending_steps) {
-        notes.emplace_back(
-            std::move(done),
-            ErrorResult(absl::ResourceExhaustedError(absl::StrCat(
-                            "too many steps in flight (", pending_.size(),
-                            "); ranks are out of step or the server is overloaded")),
-                        header, current.get()));
-      } else {
-      if (it == pending_.end()) {
-        Pending p;
-        p.step = step;
-        p.config = current;
-        p.first = header;
-        p.parts.resize(current->spec.num_parts);
-        p.have.assign(current->spec.num_parts, false);
-        p.first_arrival = absl::Now();
-        p.deadline = p.first_arrival + options_.step_timeout;
-        it = pending_.emplace(step, std::move(p)).first;
-      }
-      Pending& p = it->second;
-      absl::Status st = rank < static_cast<int32_t>(p.have.size())
-                            ? CheckPart(part, p)
-                            : absl::InvalidArgumentError(absl::StrCat(
-                                  "header.rank: ", rank, " is outside the step's group"));
-      p.waiters.push_back(Waiter{rank, std::move(done)});
-      if (!st.ok()) {
-        FailLocked(step, st, &notes);
-      } else {
-        p.have[rank] = true;
-        p.parts[rank] = std::move(part);
-        p.last_arrival = absl::Now();
-        if (++p.received == static_cast<int>(p.have.size())) {
-          RememberLocked(step, absl::OkStatus());
-          ready_.push_back(std::move(p));
-          pending_.erase(it);
+      const size_t quota = PerRankQuota(current->spec.num_parts);
+      bool refused = false;
+      if (it == pending_.end() && static_cast<size_t>(waiting_by_rank_[rank]) >= quota) {
+        // This rank is too far ahead of the others: its own oldest step that
+        // nobody else has joined is given up, else this part is refused.
+        const std::string why = absl::StrCat(
+            "rank ", rank, " already has ", waiting_by_rank_[rank],
+            " steps waiting for the other ranks (--max_pending_steps_per_rank=", quota, ")");
+        uint64_t victim = 0;
+        if (OldestOnlyFromLocked(rank, &victim)) {
+          stall_began |= RefusedLocked(kMaxPendingStepsPerRank);
+          FailLocked(victim,
+                     absl::ResourceExhaustedError(absl::StrCat(
+                         "header.step: step ", victim, " given up: ", why, "; the oldest step only it sent goes")),
+                     &notes);
+        } else {
+          refuse_part(kMaxPendingStepsPerRank, absl::ResourceExhaustedError(absl::StrCat("header.step: ", why)));
+          refused = true;
         }
       }
+      if (!refused && it == pending_.end() && pending_.size() >= options_.max_pending_steps) {
+        refuse_part(kMaxPendingSteps,
+                    absl::ResourceExhaustedError(absl::StrCat(
+                        "too many steps in flight (", pending_.size(), ", --max_pending_steps=",
+                        options_.max_pending_steps, "); ranks are out of step or the server is overloaded")));
+        refused = true;
+      }
+      if (!refused && options_.max_pending_bytes > 0 && pending_bytes_ + part_bytes > options_.max_pending_bytes) {
+        refuse_part(kMaxPendingBytes,
+                    absl::ResourceExhaustedError(absl::StrCat(
+                        "max_pending_bytes: rank ", rank, "'s part of step ", step, " (", part_bytes,
+                        " bytes) would make ", pending_bytes_ + part_bytes, " bytes held, over --max_pending_bytes=",
+                        options_.max_pending_bytes)));
+        refused = true;
+      }
+      if (!refused) {
+        if (it == pending_.end()) {
+          Pending p;
+          p.step = step;
+          p.config = current;
+          p.first = header;
+          p.parts.resize(current->spec.num_parts);
+          p.have.assign(current->spec.num_parts, false);
+          p.first_arrival = absl::Now();
+          p.deadline = p.first_arrival + options_.step_timeout;
+          it = pending_.emplace(step, std::move(p)).first;
+        }
+        Pending& p = it->second;
+        absl::Status st = rank < static_cast<int32_t>(p.have.size())
+                              ? CheckPart(part, p)
+                              : absl::InvalidArgumentError(absl::StrCat(
+                                    "header.rank: ", rank, " is outside the step's group"));
+        p.waiters.push_back(Waiter{rank, std::move(done)});
+        if (!st.ok()) {
+          FailLocked(step, st, &notes);
+        } else {
+          p.have[rank] = true;
+          ++waiting_by_rank_[rank];
+          p.bytes += part_bytes;
+          pending_bytes_ += part_bytes;
+          p.parts[rank] = std::move(part);
+          p.last_arrival = absl::Now();
+          if (++p.received == static_cast<int>(p.have.size())) {
+            RememberLocked(step, absl::OkStatus());
+            ReleaseWaitingLocked(p);  // nobody waits any more; its bytes stay until merged
+            ready_.push_back(std::move(p));
+            pending_.erase(it);
+          }
+        }
       }
     }
   }
   Deliver(notes);
+  if (stall_began && on_stall_change_) on_stall_change_();
 }
 
 void StepCollector::FailPending(const absl::Status& reason) {
@@ -260,6 +365,34 @@ void StepCollector::ForgetFinished() {
   finished_order_.clear();
 }
 
+int64_t StepCollector::PendingBytes() const {
+  absl::MutexLock lock(&mu_);
+  return pending_bytes_;
+}
+
+std::array<uint64_t, StepCollector::kNumLimits> StepCollector::LimitRefusals() const {
+  absl::MutexLock lock(&mu_);
+  return refusals_;
+}
+
+bool StepCollector::Stalled() const {
+  absl::MutexLock lock(&mu_);
+  return absl::Now() - last_stall_ < StallWindow();
+}
+
+void StepCollector::NoteStall() {
+  bool began;
+  {
+    absl::MutexLock lock(&mu_);
+    last_stall_ = absl::Now();
+    began = !stalled_;
+    stalled_ = true;
+  }
+  if (began && on_stall_change_) on_stall_change_();
+}
+
+void StepCollector::SetStallCallback(std::function<void()> on_change) { on_stall_change_ = std::move(on_change); }
+
 size_t StepCollector::InFlight() const {
   absl::MutexLock lock(&mu_);
   return pending_.size() + ready_.size() + merging_;
@@ -290,6 +423,7 @@ void StepCollector::MergeLoop() {
     RunMerge(p);
     absl::MutexLock lock(&mu_);
     --merging_;
+    pending_bytes_ -= p.bytes;
   }
 }
 
@@ -361,11 +495,16 @@ void StepCollector::SweepLoop() {
       std::clamp(options_.step_timeout / 20, absl::Milliseconds(2), absl::Milliseconds(50));
   while (true) {
     std::vector<Notification> notes;
+    bool stall_ended = false;
     {
       absl::MutexLock lock(&mu_);
       auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
       if (mu_.AwaitWithTimeout(absl::Condition(&stopped), period)) return;
       const absl::Time now = absl::Now();
+      if (stalled_ && now - last_stall_ >= StallWindow()) {
+        stalled_ = false;
+        stall_ended = true;
+      }
       std::vector<uint64_t> expired;
       for (const auto& [step, p] : pending_) {
         if (now >= p.deadline) expired.push_back(step);
@@ -385,6 +524,7 @@ void StepCollector::SweepLoop() {
       }
     }
     Deliver(notes);
+    if (stall_ended && on_stall_change_) on_stall_change_();
   }
 }
 

@@ -15,6 +15,19 @@
 //    too (a bounded table of finished steps remembers it);
 //  - a failure never touches another step.
 //
+// Limits (Options), each refusal RESOURCE_EXHAUSTED naming the flag:
+//  - max_pending_steps: steps collecting parts at once;
+//  - max_pending_steps_per_rank: steps one rank has sent and is waiting on
+//    the others for. A rank over its quota that starts another step gives
+//    up its own oldest step that no other rank has joined yet; when it has
+//    none, its new part is refused. Either way only steps of that rank
+//    fail, and every other rank can still start steps (a rank sending 256
+//    future step ids no longer blocks the group);
+//  - max_pending_bytes: payload bytes held (collecting, ready, merging).
+// A refused part fails its step for every rank of it, like any bad part
+// (the finished table remembers it). A refusal marks the group stalled for
+// `stall_window` (health and metrics show it).
+//
 // Threads: Submit is called from data-plane threads; one merge thread runs
 // the backend (steps merge in completion order); one sweeper thread fails
 // steps past their deadline. `done` runs on one of those threads, without
@@ -22,6 +35,7 @@
 #ifndef DCPMERGE_SERVER_STEP_COLLECTOR_H_
 #define DCPMERGE_SERVER_STEP_COLLECTOR_H_
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -36,6 +50,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "base/limits.h"
 #include "dcpmerge/v1/data.pb.h"
 #include "server/compute_backend.h"
 #include "server/config_store.h"
@@ -72,7 +87,15 @@ class StepCollector {
     absl::Duration step_timeout = absl::Seconds(5);
     size_t max_pending_steps = 256;   // beyond: RESOURCE_EXHAUSTED
     size_t finished_memory = 4096;    // finished steps remembered
+    // 0: max(1, max_pending_steps / N).
+    size_t max_pending_steps_per_rank = 0;
+    int64_t max_pending_bytes = int64_t{1} << 30;  // 0: no cap
+    absl::Duration stall_window = absl::ZeroDuration();  // 0: step_timeout
   };
+
+  // The limits a refusal can come from (LimitRefusals' index).
+  enum Limit { kMaxPendingSteps = 0, kMaxPendingStepsPerRank = 1, kMaxPendingBytes = 2, kNumLimits = 3 };
+  static const char* LimitName(Limit l);
 
   StepCollector(ConfigStore* config, Group* group, ComputeBackend* backend,
                 Stats* stats, Options options);
@@ -97,6 +120,19 @@ class StepCollector {
   // True when nothing is in flight within `timeout`.
   bool WaitIdle(absl::Duration timeout);
 
+  // Payload bytes held now (collecting, ready, merging).
+  int64_t PendingBytes() const;
+  // The per-rank quota in force for a group of `num_parts`.
+  size_t PerRankQuota(int32_t num_parts) const;
+  // Parts refused (or steps given up) per limit since start.
+  std::array<uint64_t, kNumLimits> LimitRefusals() const;
+  // True within stall_window of the last refusal (or NoteStall).
+  bool Stalled() const;
+  // Something outside the collector saturated (a rank's response queue).
+  void NoteStall();
+  // Called (not under the collector's lock) when Stalled() changes.
+  void SetStallCallback(std::function<void()> on_change);
+
  private:
   struct Waiter {
     int32_t rank;
@@ -110,6 +146,7 @@ class StepCollector {
     std::vector<bool> have;
     std::vector<Waiter> waiters;
     int received = 0;
+    int64_t bytes = 0;  // payload bytes of the parts held
     absl::Time first_arrival;
     absl::Time last_arrival;
     absl::Time deadline;
@@ -130,6 +167,14 @@ class StepCollector {
   void SweepLoop();
   void RunMerge(Pending& p);
   void Deliver(std::vector<Notification>& notes);
+  // Accounting of a step leaving pending_ (failed or complete).
+  void ReleaseWaitingLocked(const Pending& p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A refusal: counts it, marks the stall; true when the stall just began.
+  bool RefusedLocked(Limit limit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Rank `rank`'s oldest pending step that only it has sent; 0 and false
+  // when there is none.
+  bool OldestOnlyFromLocked(int32_t rank, uint64_t* step) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Duration StallWindow() const;
 
   ConfigStore* const config_;
   Group* const group_;
@@ -144,6 +189,12 @@ class StepCollector {
   std::map<uint64_t, absl::Status> finished_ ABSL_GUARDED_BY(mu_);
   std::deque<uint64_t> finished_order_ ABSL_GUARDED_BY(mu_);
   absl::Status refuse_ ABSL_GUARDED_BY(mu_);  // non-OK: not accepting
+  std::array<int, kMaxParts> waiting_by_rank_ ABSL_GUARDED_BY(mu_) = {};
+  int64_t pending_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::array<uint64_t, kNumLimits> refusals_ ABSL_GUARDED_BY(mu_) = {};
+  absl::Time last_stall_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // as last reported to on_stall_change_
+  std::function<void()> on_stall_change_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool started_ = false;
   std::thread merge_thread_;

@@ -37,6 +37,7 @@
 #include "base/version_flag.h"
 #include "client/rank_client.h"
 #include "common/group_spec.h"
+#include "common/join_secret.h"
 #include "common/names.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "embed/embedded_server.h"
@@ -57,6 +58,9 @@ ABSL_FLAG(double, empty_fraction, 0.10, "Fraction of empty (token, head) partiti
 ABSL_FLAG(std::string, backend, "auto", "Server compute backend: auto | cpu | cuda");
 ABSL_FLAG(uint64_t, seed, 1, "Random seed");
 ABSL_FLAG(bool, verbose, false, "Server log lines on stderr");
+ABSL_FLAG(std::string, join_secret_file, "",
+          "The group's join secret (else env DCPMERGE_JOIN_SECRET, else a random one for this run): the server "
+          "requires it and every rank sends it");
 
 namespace dcpmerge {
 namespace {
@@ -137,6 +141,15 @@ int Run() {
   so.initial_config = cfg;
   so.backend = absl::GetFlag(FLAGS_backend);
   so.step_timeout = absl::Seconds(10);
+  // The rank plane's credential, as a deployment has it (docs/server.md,
+  // "Limits and security"): a file or the environment, else random.
+  absl::StatusOr<std::string> secret = LoadJoinSecret(absl::GetFlag(FLAGS_join_secret_file));
+  if (!secret.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(secret.status().message()).c_str());
+    return 2;
+  }
+  so.join_secret = secret->empty() ? absl::StrCat("demo-join-", std::random_device{}(), std::random_device{}())
+                                   : *secret;
   auto server = EmbeddedServer::Start(so);
   if (!server.ok()) {
     std::fprintf(stderr, "server failed to start: %s\n", server.status().ToString().c_str());
@@ -174,6 +187,7 @@ int Run() {
     co.target = target;
     co.rank = r;
     co.num_parts = N;
+    co.join_secret = so.join_secret;
     auto c = RankClient::Connect(co);
     if (!c.ok() || !(*c)->Join().ok()) {
       std::fprintf(stderr, "rank %d could not join\n", r);

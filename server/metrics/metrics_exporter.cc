@@ -57,6 +57,45 @@ std::string DataPlaneName(v1::DataPlane p) {
   return name.empty() ? "unspecified" : std::string(name);
 }
 
+// Limits and security (docs/server.md, "Limits and security"; listed in
+// docs/operations.md, "Metrics").
+void AppendLimitFamilies(const LimitsState& l, std::vector<MetricFamily>* out) {
+  if (!l.present) return;
+  MetricFamily limit = Family("dcpmerge_limit", "Each limit in force, by its flag name (bytes, counts, layers)",
+                              MetricType::Gauge);
+  for (const auto& [name, v] : l.limits) limit.metric.push_back(Value(MetricType::Gauge, v, {{"limit", name}}));
+  out->push_back(std::move(limit));
+  MetricFamily usage = Family("dcpmerge_limit_usage",
+                              "What is used now: pending_steps, pending_bytes, scale_layers, streams, "
+                              "response_queue_deepest",
+                              MetricType::Gauge);
+  for (const auto& [name, v] : l.usage) usage.metric.push_back(Value(MetricType::Gauge, v, {{"usage", name}}));
+  out->push_back(std::move(usage));
+  MetricFamily refusals = Family("dcpmerge_limit_refusals_total",
+                                 "Parts, streams or ranks refused or dropped by a limit, by its flag name",
+                                 MetricType::Counter);
+  for (const auto& [name, n] : l.refusals) {
+    refusals.metric.push_back(Value(MetricType::Counter, static_cast<double>(n), {{"limit", name}}));
+  }
+  out->push_back(std::move(refusals));
+  out->push_back(Single("dcpmerge_group_stalled",
+                        "1 while a limit refused a part or dropped a rank within the step timeout (readiness is "
+                        "NOT_SERVING meanwhile)",
+                        MetricType::Gauge, l.stalled ? 1.0 : 0.0));
+  MetricFamily auth = Family("dcpmerge_auth_failures_total",
+                             "Calls refused for a missing or wrong credential (each answer slowed), by listener",
+                             MetricType::Counter);
+  auth.metric.push_back(Value(MetricType::Counter, static_cast<double>(l.admin_auth_failures), {{"listener", "admin"}}));
+  auth.metric.push_back(Value(MetricType::Counter, static_cast<double>(l.join_auth_failures), {{"listener", "rank"}}));
+  out->push_back(std::move(auth));
+  out->push_back(Single("dcpmerge_heap_free_bytes", "Freed heap memory the process keeps for reuse",
+                        MetricType::Gauge, static_cast<double>(l.heap_free_bytes)));
+  out->push_back(Single("dcpmerge_heap_trims_total", "Times the kept heap exceeded --heap_retain_bytes and was returned",
+                        MetricType::Counter, static_cast<double>(l.heap_trims)));
+  out->push_back(Single("dcpmerge_state_restored", "1 when the configuration and scales came from --state_file",
+                        MetricType::Gauge, l.state_restored ? 1.0 : 0.0));
+}
+
 }  // namespace
 
 // ------------------------------------------------------------ histograms ---
@@ -289,6 +328,7 @@ std::vector<MetricFamily> BuildFamilies(const ServerState& state, const LatencyH
     nccl.metric.push_back(Value(MetricType::Gauge, state.nccl_state == st ? 1.0 : 0.0, {{"state", st}}));
   }
   out.push_back(std::move(nccl));
+  AppendLimitFamilies(state.limits, &out);
   return out;
 }
 

@@ -24,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -86,6 +87,22 @@ class LatencyHistograms {
   std::array<PerPhase, kPhaseNames.size()> phases_;
 };
 
+// Limits and security (docs/server.md, "Limits and security"): each limit
+// in force, what is used of it now, its refusals since start; the stall,
+// authentication failures, the heap kept, whether state was restored.
+struct LimitsState {
+  bool present = false;  // no families when false
+  std::vector<std::pair<std::string, double>> limits;
+  std::vector<std::pair<std::string, double>> usage;
+  std::vector<std::pair<std::string, uint64_t>> refusals;
+  bool stalled = false;
+  uint64_t admin_auth_failures = 0;
+  uint64_t join_auth_failures = 0;
+  uint64_t heap_free_bytes = 0;
+  uint64_t heap_trims = 0;
+  bool state_restored = false;
+};
+
 // What the exporter reads at every scrape.
 struct ServerState {
   RankEvents rank_events;
@@ -93,6 +110,7 @@ struct ServerState {
   v1::GetStatsResponse stats;
   v1::GetConfigResponse config;
   std::string nccl_state = "unused";  // one of kNcclStates
+  LimitsState limits;
 };
 
 // Every family of one scrape (without the HTTP part): used by the exporter

@@ -155,7 +155,20 @@ rc=0
 out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_ADMIN_TOKEN_FILE=/nonexistent \
   "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
 [[ $rc -eq 2 ]] || fail "missing token file: exit $rc, want 2 ($out)"
-echo "ok: entrypoint refuses unknown variables and unreadable token files"
+# So does a join secret file that is not there, and the rank port beyond
+# loopback without a join secret or mutual TLS (docs/server.md, "Limits and
+# security").
+rc=0
+out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_JOIN_SECRET_FILE=/nonexistent \
+  "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
+[[ $rc -eq 2 ]] || fail "missing join secret file: exit $rc, want 2 ($out)"
+rc=0
+out=$(env -i PATH=/usr/bin:/bin DCPMERGE_HOME="$home" DCPMERGE_RANK_ADDRESS=0.0.0.0:0 \
+  DCPMERGE_ADMIN_ADDRESS=127.0.0.1:0 DCPMERGE_METRICS_ADDRESS=off DCPMERGE_HEALTH_ADDRESS=off \
+  DCPMERGE_BACKEND=cpu DCPMERGE_QUIET=true "$root/usr/local/bin/entrypoint.sh" 2>&1) || rc=$?
+[[ $rc -eq 1 ]] || fail "rank port beyond loopback without a join secret: exit $rc, want 1 ($out)"
+grep -q 'allow_insecure_rank_address' <<<"$out" || fail "message: $out"
+echo "ok: entrypoint refuses unknown variables, unreadable token and secret files, an open rank port"
 
 # --- 4. As PID 1 (a container's main process): SIGTERM must still work.
 if [[ $(id -u) -eq 0 ]] && unshare --pid --fork --mount-proc true 2>/dev/null; then

@@ -6,6 +6,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/server/test_config.h"
@@ -135,6 +136,81 @@ TEST(ConfigStoreTest, ConcurrentReadersSeeConsistentSnapshots) {
   for (auto& t : readers) t.join();
   EXPECT_EQ(bad.load(), 0);
   EXPECT_GT(reads.load(), 0u);
+}
+
+
+// Issue 11, finding 5: SetScales takes the layer range MergeData takes.
+TEST(ConfigStoreLimitsTest, ScaleLayersOutsideTheRangeAreRefused) {
+  ConfigStore::Options o;
+  o.max_layers = 128;
+  ConfigStore store(o);
+  ASSERT_TRUE(store.Configure(SmallConfig(), 0.5f).ok());
+  for (int32_t layer : {-7, -1, 128, 1 << 30}) {
+    auto r = store.SetScales({{layer, 0.25f}}, false, 0.0f);
+    ASSERT_FALSE(r.ok()) << layer;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(absl::StrCat("layer_scales[", layer, "]")));
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("max_layers"));
+  }
+  EXPECT_EQ(store.Current()->version, 1u);
+  std::map<int32_t, float> all;
+  for (int32_t l = 0; l < 128; ++l) all[l] = 0.5f;
+  ASSERT_TRUE(store.SetScales(all, true, 0.0f).ok());
+  EXPECT_EQ(store.Current()->layer_scales.size(), 128u);
+}
+
+TEST(ConfigStoreLimitsTest, ShapesBeyondTheMessageOrPendingLimitsAreRefused) {
+  ConfigStore::Options o;
+  o.max_part_bytes = 4096;
+  ConfigStore store(o);
+  // SmallConfig: 8 tokens x 2 heads x 64 x bf16 + LSE = 2112 bytes per part.
+  ASSERT_TRUE(store.Configure(SmallConfig(), 0.0f).ok());
+  v1::GroupConfig big = SmallConfig();
+  big.set_max_tokens(64);
+  auto r = store.Configure(big, 0.0f);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("config.max_tokens"));
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("max_message_bytes"));
+  ConfigStore::Options p;
+  p.max_step_bytes = 3 * 2112 - 1;
+  ConfigStore pending(p);
+  auto q = pending.Configure(SmallConfig(3), 0.0f);
+  ASSERT_FALSE(q.ok());
+  EXPECT_THAT(std::string(q.status().message()), HasSubstr("max_pending_bytes"));
+}
+
+// A persist function sees every new snapshot first; when it fails nothing
+// changes. Restore continues the version.
+TEST(ConfigStoreLimitsTest, PersistFailureChangesNothingAndRestoreContinuesVersions) {
+  ConfigStore store;
+  int calls = 0;
+  bool fail = false;
+  store.SetPersist([&](const ConfigSnapshot& s) {
+    ++calls;
+    return fail ? absl::UnavailableError("disk full") : absl::OkStatus();
+  });
+  ASSERT_TRUE(store.Configure(SmallConfig(), 0.5f).ok());
+  fail = true;
+  auto r = store.SetScales({{1, 0.25f}}, false, 0.0f);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(store.Current()->version, 1u);
+  EXPECT_TRUE(store.Current()->layer_scales.empty());
+  EXPECT_EQ(calls, 2);
+
+  ConfigStore again;
+  ConfigSnapshot s = *store.Current();
+  s.version = 41;
+  s.layer_scales[3] = 0.125f;
+  ASSERT_TRUE(again.Restore(s).ok());
+  EXPECT_EQ(again.Current()->version, 41u);
+  auto next = again.SetScales({{4, 0.5f}}, false, 0.0f);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ((*next)->version, 42u);
+  EXPECT_FLOAT_EQ((*next)->ScaleForLayer(3), 0.125f);
+  ConfigSnapshot bad = s;
+  bad.layer_scales[-2] = 1.0f;
+  EXPECT_THAT(std::string(ConfigStore().Restore(bad).message()), HasSubstr("layer_scales[-2]"));
 }
 
 }  // namespace

@@ -54,7 +54,7 @@ class StepCollectorTest : public ::testing::Test {
  protected:
   static constexpr int kN = 3;
   void SetUp() override { Init(absl::Seconds(5), 256); }
-  void Init(absl::Duration timeout, size_t max_pending) {
+  void Init(absl::Duration timeout, size_t max_pending, size_t per_rank = 0, int64_t max_bytes = 0) {
     collector_.reset();
     ASSERT_TRUE(store_.Configure(testing::SmallConfig(kN), 0.5f).ok());
     group_ = std::make_unique<Group>(absl::Seconds(30));
@@ -69,6 +69,8 @@ class StepCollectorTest : public ::testing::Test {
     StepCollector::Options o;
     o.step_timeout = timeout;
     o.max_pending_steps = max_pending;
+    o.max_pending_steps_per_rank = per_rank;
+    o.max_pending_bytes = max_bytes;
     collector_ = std::make_unique<StepCollector>(&store_, group_.get(), &backend_, &stats_, o);
     collector_->Start();
   }
@@ -245,7 +247,7 @@ TEST_F(StepCollectorTest, FailPendingAndGroupIncomplete) {
 }
 
 TEST_F(StepCollectorTest, QueueFullIsResourceExhausted) {
-  Init(absl::Seconds(5), 4);
+  Init(absl::Seconds(5), 4, /*per_rank=*/100);
   Sink s;
   for (uint64_t step = 0; step < 5; ++step) collector_->Submit(Part(0, step), s.Done());
   auto res = s.Wait(1);
@@ -319,6 +321,102 @@ TEST_F(StepCollectorTest, ConfigChangesApplyAtStepBoundaries) {
     }
   }
   EXPECT_EQ(version_of_step.size(), 50u);
+}
+
+
+// ---------------------------------------------------------------------------
+// Issue 11, finding 3: one rank can no longer stall the group.
+
+// Rank 0 sends 10 step ids nobody else sends (quota 4): it loses its own
+// oldest steps, at once, with RESOURCE_EXHAUSTED; the other ranks still
+// start steps, and a step all ranks send completes.
+TEST_F(StepCollectorTest, RankOverItsQuotaGivesUpItsOwnStepsOnly) {
+  Init(absl::Seconds(30), 256, /*per_rank=*/4);
+  std::atomic<int> stall_changes{0};
+  collector_->SetStallCallback([&] { ++stall_changes; });
+  Sink flood;
+  for (uint64_t step = 1000; step < 1010; ++step) collector_->Submit(Part(0, step), flood.Done());
+  auto dropped = flood.Wait(6);
+  ASSERT_EQ(dropped.size(), 6u);
+  for (size_t i = 0; i < dropped.size(); ++i) {
+    EXPECT_EQ(dropped[i]->status.code(), absl::StatusCode::kResourceExhausted);
+    EXPECT_EQ(dropped[i]->step, 1000 + i) << "the oldest go first";
+    EXPECT_THAT(std::string(dropped[i]->status.message()), HasSubstr("max_pending_steps_per_rank"));
+  }
+  EXPECT_EQ(collector_->InFlight(), 4u);
+  EXPECT_TRUE(collector_->Stalled());
+  EXPECT_EQ(stall_changes.load(), 1);
+  EXPECT_EQ(collector_->LimitRefusals()[StepCollector::kMaxPendingStepsPerRank], 6u);
+  // Ranks 1 and 2 start step 7 first; rank 0 (at its quota) joins it.
+  Sink sinks[kN];
+  collector_->Submit(Part(1, 7), sinks[1].Done());
+  collector_->Submit(Part(2, 7), sinks[2].Done());
+  collector_->Submit(Part(0, 7), sinks[0].Done());
+  for (int r = 0; r < kN; ++r) {
+    auto res = sinks[r].Wait(1);
+    ASSERT_EQ(res.size(), 1u);
+    EXPECT_TRUE(res[0]->status.ok()) << res[0]->status;
+  }
+  collector_->Stop();
+  EXPECT_EQ(flood.Wait(10).size(), 10u);
+}
+
+// A rank at its quota whose steps all have other ranks' parts cannot give
+// one up: its new part is refused, and that step fails for the others too
+// (at once, not after the step timeout).
+TEST_F(StepCollectorTest, RankOverItsQuotaWithNothingToGiveUpIsRefused) {
+  Init(absl::Seconds(30), 256, /*per_rank=*/2);
+  Sink r0, r1, late;
+  for (uint64_t step : {1, 2}) {
+    collector_->Submit(Part(0, step), r0.Done());
+    collector_->Submit(Part(1, step), r1.Done());
+  }
+  collector_->Submit(Part(0, 3), r0.Done());
+  auto res = r0.Wait(1);
+  ASSERT_EQ(res.size(), 1u);
+  EXPECT_EQ(res[0]->step, 3u);
+  EXPECT_EQ(res[0]->status.code(), absl::StatusCode::kResourceExhausted);
+  collector_->Submit(Part(1, 3), late.Done());
+  auto l = late.Wait(1);
+  ASSERT_EQ(l.size(), 1u);
+  EXPECT_EQ(l[0]->status.code(), absl::StatusCode::kResourceExhausted);
+  collector_->Stop();
+  r0.Wait(3);
+  r1.Wait(2);
+}
+
+TEST_F(StepCollectorTest, PendingBytesAreCapped) {
+  const int64_t part = 4 * 2 * 64 * 2 + 4 * 2 * 4;  // Part(): 4 tokens x 2 heads x 64, bf16, + LSE
+  Init(absl::Seconds(30), 256, 0, /*max_bytes=*/2 * part + part / 2);
+  Sink s[kN];
+  collector_->Submit(Part(0, 1), s[0].Done());
+  collector_->Submit(Part(1, 1), s[1].Done());
+  EXPECT_EQ(collector_->PendingBytes(), 2 * part);
+  collector_->Submit(Part(2, 1), s[2].Done());
+  for (int r = 0; r < kN; ++r) {
+    auto res = s[r].Wait(1);
+    ASSERT_EQ(res.size(), 1u);
+    EXPECT_EQ(res[0]->status.code(), absl::StatusCode::kResourceExhausted) << r;
+    EXPECT_THAT(std::string(res[0]->status.message()), HasSubstr("max_pending_bytes"));
+  }
+  EXPECT_EQ(collector_->PendingBytes(), 0);
+  EXPECT_EQ(collector_->LimitRefusals()[StepCollector::kMaxPendingBytes], 1u);
+}
+
+// Issue 11, finding 5: the same layer range on every API.
+TEST_F(StepCollectorTest, LayerOutsideTheServersRangeNamesTheField) {
+  for (int32_t layer : {-7, kDefaultMaxLayers}) {
+    Sink s[kN];
+    const uint64_t step = 50 + static_cast<uint64_t>(layer + 10);
+    for (int r = 0; r < kN; ++r) collector_->Submit(Part(r, step, 4, layer), s[r].Done());
+    for (int r = 0; r < kN; ++r) {
+      auto res = s[r].Wait(1);
+      ASSERT_EQ(res.size(), 1u);
+      EXPECT_EQ(res[0]->status.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(std::string(res[0]->status.message()), HasSubstr("header.layer"));
+      EXPECT_THAT(std::string(res[0]->status.message()), HasSubstr("max_layers"));
+    }
+  }
 }
 
 }  // namespace

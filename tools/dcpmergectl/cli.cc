@@ -96,6 +96,14 @@ const std::vector<Command>& Commands() {
        "(\"dcpmerge.v1.MergeData\"). Exit 4 when liveness is not SERVING, or with\n"
        "--ready when the group is not ready. Needs no token.",
        {"ready"}, true, false},
+      {"check-join", "[--join_secret_file=FILE]", "does the rank listener accept this join secret?",
+       "Asks the rank listener (point --server at it, e.g. 127.0.0.1:50051) whether\n"
+       "it accepts the join secret from --join_secret_file (else the environment\n"
+       "variable DCPMERGE_JOIN_SECRET) without joining: a Heartbeat for no rank.\n"
+       "Exit 0: accepted (it also says when the server requires none); exit 1:\n"
+       "refused (UNAUTHENTICATED without one, PERMISSION_DENIED with a wrong one).\n"
+       "Needs no admin token.",
+       {"join_secret_file"}, true, false},
       {"help", "[COMMAND]", "this text, or one command's", "Prints the help, or one command's help.", {}, false,
        false},
       {"version", "", "dcpmergectl's version and build commit",

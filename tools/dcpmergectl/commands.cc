@@ -11,6 +11,7 @@
 #include "base/file.h"
 #include "base/version.h"
 #include "common/group_spec.h"
+#include "common/join_secret.h"
 #include "common/names.h"
 #include "dcpmerge/v1/data.grpc.pb.h"
 #include "tools/dcpmergectl/cli.h"
@@ -205,6 +206,36 @@ int Health(Connection& c) {
   if (statuses[0] != grpc::health::v1::HealthCheckResponse::SERVING) return kExitNotMet;
   if (absl::GetFlag(FLAGS_ready) && statuses[1] != grpc::health::v1::HealthCheckResponse::SERVING) {
     return kExitNotMet;
+  }
+  return kExitOk;
+}
+
+int CheckJoin(Connection& c) {
+  const std::string file = absl::GetFlag(FLAGS_join_secret_file);
+  absl::StatusOr<std::string> secret = LoadJoinSecret(file, "--join_secret_file");
+  if (!secret.ok()) return Usage(std::string(secret.status().message()));
+  if (!file.empty() && secret->empty()) return Usage(absl::StrCat("--join_secret_file: ", file, " is empty"));
+  // A Heartbeat for no rank: the server checks the credential first, then
+  // answers FAILED_PRECONDITION ("rank -1 has not joined"). Nothing changes.
+  auto probe = [&c](const std::string& s) {
+    v1::HeartbeatRequest req;
+    req.set_rank(-1);
+    v1::HeartbeatResponse resp;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(c.Deadline());
+    if (!s.empty()) ctx.AddMetadata(kJoinSecretMetadataKey, JoinSecretMetadataValue(s));
+    return c.control()->Heartbeat(&ctx, req, &resp);
+  };
+  const grpc::Status st = probe(*secret);
+  if (st.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
+    return ServerError("RankControl.Heartbeat (check-join)", st);
+  }
+  if (secret->empty()) {
+    std::printf("accepted without a join secret: the server requires none\n");
+  } else if (probe("").error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+    std::printf("accepted, but the server requires no join secret (any caller may join)\n");
+  } else {
+    std::printf("join secret accepted\n");
   }
   return kExitOk;
 }

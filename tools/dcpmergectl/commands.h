@@ -32,6 +32,7 @@ int SendScales(Connection& c, const ScalesInput& in);
 int Stats(Connection& c, Output output);
 int Drain(Connection& c);
 int Health(Connection& c);
+int CheckJoin(Connection& c);
 int Version();
 
 }  // namespace dcpmerge::ctl

@@ -108,4 +108,9 @@ grpc::health::v1::Health::Stub* Connection::health() {
   return health_.get();
 }
 
+v1::RankControl::Stub* Connection::control() {
+  if (!control_) control_ = v1::RankControl::NewStub(channel_);
+  return control_.get();
+}
+
 }  // namespace dcpmerge::ctl

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "dcpmerge/v1/admin.grpc.pb.h"
+#include "dcpmerge/v1/control.grpc.pb.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
@@ -31,6 +32,8 @@ class Connection {
 
   v1::Admin::Stub* admin();
   grpc::health::v1::Health::Stub* health();
+  // The rank listener's RankControl (check-join; --server points at it).
+  v1::RankControl::Stub* control();
 
  private:
   std::string target_;
@@ -38,6 +41,7 @@ class Connection {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::Admin::Stub> admin_;
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+  std::unique_ptr<v1::RankControl::Stub> control_;
 };
 
 }  // namespace dcpmerge::ctl

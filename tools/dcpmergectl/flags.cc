@@ -39,3 +39,5 @@ ABSL_FLAG(std::string, file, "", "set-scales: JSON file {\"<layer>\": <scale>, .
 ABSL_FLAG(bool, replace, false, "set-scales: remove layers not in the file (they fall back to the default)");
 ABSL_FLAG(int64_t, drain_timeout_ms, 0, "drain: how long the server waits for steps in flight (0: its --drain_timeout_ms)");
 ABSL_FLAG(bool, ready, false, "health: also require merge readiness (exit 4 when not ready)");
+ABSL_FLAG(std::string, join_secret_file, "",
+          "check-join: file holding the group's join secret (else env DCPMERGE_JOIN_SECRET; never a flag value)");

@@ -42,5 +42,7 @@ ABSL_DECLARE_FLAG(bool, replace);
 ABSL_DECLARE_FLAG(int64_t, drain_timeout_ms);
 // health.
 ABSL_DECLARE_FLAG(bool, ready);
+// check-join.
+ABSL_DECLARE_FLAG(std::string, join_secret_file);
 
 #endif  // DCPMERGE_TOOLS_DCPMERGECTL_FLAGS_H_

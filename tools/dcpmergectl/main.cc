@@ -84,6 +84,7 @@ int Main(int argc, char** argv) {
   if (name == "set-scale" || name == "set-scales") return SendScales(c, scales);
   if (name == "stats") return Stats(c, output);
   if (name == "drain") return Drain(c);
+  if (name == "check-join") return CheckJoin(c);
   return Health(c);
 }
 
