@@ -269,3 +269,25 @@ def test_cuda_tensor_on_grpc_plane_and_host_array_checks(start_server):
         with pytest.raises(dcpmerge.Error) as e:
             c.connect_device(0)
         assert e.value.code is dcpmerge.StatusCode.FAILED_PRECONDITION and "gRPC data plane" in e.value.message
+
+
+def test_join_secret_is_required_and_checked(start_server, tmp_path):
+    """A server with a join secret: the right one (from a file or given
+    directly) joins and merges; none gets UNAUTHENTICATED, a wrong one
+    PERMISSION_DENIED, each from join() as dcpmerge.Error."""
+    secret = tmp_path / "join-secret"
+    secret.write_text("group-a-secret\n")
+    server = start_server(world_size=1, extra=[f"--join_secret_file={secret}"])
+    for kw, code in [(dict(), dcpmerge.StatusCode.UNAUTHENTICATED),
+                     (dict(join_secret="not-the-secret"), dcpmerge.StatusCode.PERMISSION_DENIED)]:
+        with client(server, 0, 1, **kw) as c:
+            with pytest.raises(dcpmerge.Error) as e:
+                c.join()
+            assert e.value.code is code, e.value
+            assert "authorization" in e.value.message
+    for kw in [dict(join_secret_file=str(secret)), dict(join_secret="group-a-secret")]:
+        with client(server, 0, 1, **kw) as c:
+            c.join()
+            c.wait_ready()
+            out = c.merge(0, 0, np.zeros((T, H, D), np.uint16), np.zeros((H, T), np.float32))
+            assert out.output.shape == (T, H, D)
