@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -38,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/barrier.h"
 #include "base/heap.h"
 #include "base/log.h"
 #include "base/percentile.h"
@@ -64,29 +64,6 @@ namespace dcpmerge {
 namespace {
 
 constexpr char kToken[] = "setscales-bench";
-
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void Wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    const uint64_t gen = gen_;
-    if (++count_ == n_) {
-      count_ = 0;
-      ++gen_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(l, [&] { return gen_ != gen; });
-    }
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  const int n_;
-  int count_ = 0;
-  uint64_t gen_ = 0;
-};
 
 struct Summary {
   size_t n = 0;

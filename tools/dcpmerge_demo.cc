@@ -13,12 +13,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <limits>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -30,6 +28,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "base/barrier.h"
 #include "base/heap.h"
 #include "base/log.h"
 #include "base/percentile.h"
@@ -69,29 +68,6 @@ struct RankInput {
   std::vector<uint8_t> out;   // [T,H,D] in dtype
   std::vector<float> lse;     // [H,T]
   std::vector<double> value;  // [T,H,D] the exact values the bytes encode
-};
-
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void Wait() {
-    std::unique_lock<std::mutex> l(mu_);
-    const uint64_t gen = gen_;
-    if (++count_ == n_) {
-      count_ = 0;
-      ++gen_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(l, [&] { return gen_ != gen; });
-    }
-  }
-
- private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  const int n_;
-  int count_ = 0;
-  uint64_t gen_ = 0;
 };
 
 int Run() {

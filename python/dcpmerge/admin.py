@@ -19,6 +19,7 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import _capi
+from ._closeable import Closeable
 from .config import DATA_PLANES, GroupConfig, short_name
 from .errors import StatusCode
 
@@ -130,7 +131,7 @@ def _scale(value: Any, name: str) -> float:
     return v
 
 
-class Admin:
+class Admin(Closeable):
     """A connection to a merge server's admin listener.
 
     ::
@@ -276,14 +277,3 @@ class Admin:
             handle, self._handle = self._handle, None
             _capi.lib().dcpmerge_admin_close(handle)
 
-    def __enter__(self) -> "Admin":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass

@@ -26,6 +26,7 @@ import os
 from typing import Any, Optional
 
 from . import _capi
+from ._closeable import Closeable
 from ._host import empty_like_kind, host_buffer, is_torch_tensor, numpy
 from .config import DATA_PLANES, DTYPE_SIZE, GroupConfig, short_name
 from .errors import Error, StatusCode
@@ -180,7 +181,7 @@ def _read_secret(path: Any) -> str:
     return secret
 
 
-class RankClient:
+class RankClient(Closeable):
     """One DCP rank's connection to its merge server.
 
     ::
@@ -331,17 +332,6 @@ class RankClient:
             self._device_connected = False
             _capi.lib().dcpmerge_device_close(handle)
 
-    def __enter__(self) -> "RankClient":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
 
     # -------------------------------------------------------------- merge
 
