@@ -65,7 +65,7 @@ class CudaBackend : public ComputeBackend {
       return absl::OkStatus();
     };
     for (int i = 0; i < n; ++i) {
-      void* p;
+      void* p = nullptr;
       absl::Status st = stage_in(host.partial_out[i], host.partial_out_bytes, &p);
       if (!st.ok()) return st;
       dev.partial_out[i] = p;
@@ -74,7 +74,7 @@ class CudaBackend : public ComputeBackend {
       dev.partial_lse[i] = static_cast<const float*>(p);
     }
     if (host.static_scale != nullptr) {
-      void* p;
+      void* p = nullptr;
       absl::Status st = stage_in(host.static_scale, sizeof(float), &p);
       if (!st.ok()) return st;
       dev.static_scale = static_cast<const float*>(p);
