@@ -6,9 +6,10 @@
 #   2. buildah bud the Dockerfile with WITH_CUDA=0 (CPU-only build; the CUDA
 #      build stage needs NVIDIA's apt repository);
 #   3. check the image's OCI version labels (build args VERSION, REVISION);
-#   4. run the entrypoint inside the image (non-root, env vars only), check
-#      health and get-config with dcpmergectl, a wrong token, then SIGTERM
-#      must give exit status 0.
+#   4. run the entrypoint inside the image (non-root, env vars only, a join
+#      secret for the rank port on 0.0.0.0), check health and get-config
+#      with dcpmergectl, a wrong token, the join secret and a wrong one on
+#      the rank port, then SIGTERM must give exit status 0.
 # Needs root, Debian's archive, and the packages buildah podman debootstrap.
 # Takes about 6 minutes on 2 cores. Not part of tools/test.sh.
 set -euo pipefail
@@ -44,15 +45,19 @@ cat > "$smoke" <<'SMOKE'
 set -u
 [ "$(id -u)" = 10001 ] || { echo "FAIL: runs as uid $(id -u), not 10001"; exit 1; }
 echo tok-verify > /tmp/token
+echo join-verify > /tmp/join
 export DCPMERGE_WORLD_SIZE=2 DCPMERGE_NUM_HEADS=16 DCPMERGE_HEAD_SIZE=128 \
   DCPMERGE_MAX_TOKENS=64 DCPMERGE_ADMIN_TOKEN_FILE=/tmp/token \
-  DCPMERGE_METRICS_ADDRESS=127.0.0.1:9400
+  DCPMERGE_JOIN_SECRET_FILE=/tmp/join DCPMERGE_METRICS_ADDRESS=127.0.0.1:9400
 /usr/local/bin/entrypoint.sh & pid=$!
 sleep 3
 fail=0
 DCPMERGE_ADMIN_TOKEN=tok-verify dcpmergectl health || fail=1
 DCPMERGE_ADMIN_TOKEN=tok-verify dcpmergectl get-config || fail=1
 DCPMERGE_ADMIN_TOKEN=wrong dcpmergectl get-config; [ $? = 1 ] || fail=1
+# The rank port (0.0.0.0 in the image) takes the join secret, and only it.
+dcpmergectl --server=127.0.0.1:50051 check-join --join_secret_file=/tmp/join || fail=1
+DCPMERGE_JOIN_SECRET=wrong dcpmergectl --server=127.0.0.1:50051 check-join; [ $? = 1 ] || fail=1
 kill -TERM "$pid"; wait "$pid"; [ $? = 0 ] || fail=1
 [ $fail = 0 ] && echo "image smoke test: PASS" || { echo "image smoke test: FAIL"; exit 1; }
 SMOKE
