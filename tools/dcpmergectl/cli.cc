@@ -96,14 +96,25 @@ const std::vector<Command>& Commands() {
        "(\"dcpmerge.v1.MergeData\"). Exit 4 when liveness is not SERVING, or with\n"
        "--ready when the group is not ready. Needs no token.",
        {"ready"}, true, false},
-      {"check-join", "[--join_secret_file=FILE]", "does the rank listener accept this join secret?",
+      {"check-join", "[--rank=R] [--join_secret_file=FILE]", "does the rank listener accept this credential?",
        "Asks the rank listener (point --server at it, e.g. 127.0.0.1:50051) whether\n"
-       "it accepts the join secret from --join_secret_file (else the environment\n"
-       "variable DCPMERGE_JOIN_SECRET) without joining: a Heartbeat for no rank.\n"
+       "it accepts a rank's credential without joining: a Heartbeat for a session\n"
+       "no rank has. The credential is read from --join_secret_file (else the\n"
+       "environment variable DCPMERGE_JOIN_SECRET): a rank token is sent as it is,\n"
+       "a group secret as the token it derives for --rank (as a rank client given\n"
+       "the group secret does). --rank defaults to the token's rank, else 0.\n"
        "Exit 0: accepted (it also says when the server requires none); exit 1:\n"
-       "refused (UNAUTHENTICATED without one, PERMISSION_DENIED with a wrong one).\n"
-       "Needs no admin token.",
-       {"join_secret_file"}, true, false},
+       "refused (UNAUTHENTICATED without one, PERMISSION_DENIED with a wrong one or\n"
+       "one for another rank). Needs no admin token.",
+       {"join_secret_file", "rank"}, true, false},
+      {"rank-token", "--rank=R | --world_size=N", "issue rank tokens from the group's join secret",
+       "Derives rank tokens from the group's join secret (--join_secret_file, else\n"
+       "the environment variable DCPMERGE_JOIN_SECRET). --rank=R prints rank R's\n"
+       "token (one line); --world_size=N the tokens of ranks 0..N-1, one\n"
+       "\"<rank><TAB><token>\" line each; -o json one object {\"<rank>\": \"<token>\"}.\n"
+       "A token acts for its own rank only: mount each rank its own. Rotating the\n"
+       "group secret changes every token. Answered locally: needs no server.",
+       {"rank", "world_size", "join_secret_file", "output", "json"}, false, false},
       {"help", "[COMMAND]", "this text, or one command's", "Prints the help, or one command's help.", {}, false,
        false},
       {"version", "", "dcpmergectl's version and build commit",

@@ -2,13 +2,17 @@
 
 #include <cmath>
 #include <cstdio>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
+#include "base/limits.h"
 #include "base/version.h"
 #include "common/group_spec.h"
 #include "common/join_secret.h"
@@ -46,6 +50,30 @@ int Show(Connection& c, const char* call,
   if (grpc::Status st = (c.admin()->*method)(&ctx, req, &r); !st.ok()) return ServerError(call, st);
   std::fputs((output == Output::kJson ? ToJson(r) : table(r)).c_str(), stdout);
   return kExitOk;
+}
+
+// The join secret or rank token: --join_secret_file, else the environment
+// ("" when neither). kExitUsage for an unreadable or empty file.
+int LoadJoinCredential(std::string* out) {
+  const std::string file = absl::GetFlag(FLAGS_join_secret_file);
+  absl::StatusOr<std::string> loaded = LoadJoinSecret(file, "--join_secret_file");
+  if (!loaded.ok()) return Usage(std::string(loaded.status().message()));
+  if (!file.empty() && loaded->empty()) return Usage(absl::StrCat("--join_secret_file: ", file, " is empty"));
+  *out = std::move(*loaded);
+  return kExitOk;
+}
+
+// The server checks the credential first; past it, a Heartbeat for session
+// 0 is answered FAILED_PRECONDITION (rank outside the group) or the group's
+// UNAVAILABLE "session_id: 0 of rank R has ended" (unlike a transport's).
+bool PassedAuthentication(const grpc::Status& st) {
+  return st.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+         (st.error_code() == grpc::StatusCode::UNAVAILABLE && absl::StartsWith(st.error_message(), "session_id: "));
+}
+
+int CheckRank(int32_t rank) {
+  if (rank >= 0 && rank < kMaxParts) return kExitOk;
+  return Usage(absl::StrCat("--rank=", rank, ": must be 0..", kMaxParts - 1));
 }
 
 }  // namespace
@@ -211,32 +239,69 @@ int Health(Connection& c) {
 }
 
 int CheckJoin(Connection& c) {
-  const std::string file = absl::GetFlag(FLAGS_join_secret_file);
-  absl::StatusOr<std::string> secret = LoadJoinSecret(file, "--join_secret_file");
-  if (!secret.ok()) return Usage(std::string(secret.status().message()));
-  if (!file.empty() && secret->empty()) return Usage(absl::StrCat("--join_secret_file: ", file, " is empty"));
-  // A Heartbeat for no rank: the server checks the credential first, then
-  // answers FAILED_PRECONDITION ("rank -1 has not joined"). Nothing changes.
-  auto probe = [&c](const std::string& s) {
+  std::string credential;
+  if (int rc = LoadJoinCredential(&credential); rc != kExitOk) return rc;
+  // A token acts for its own rank only: ask as that rank unless told
+  // otherwise (another rank is the server's to refuse).
+  const absl::StatusOr<int32_t> token_rank = RankOfToken(credential);
+  const int32_t rank = absl::GetFlag(FLAGS_rank).value_or(token_rank.ok() ? *token_rank : 0);
+  if (int rc = CheckRank(rank); rc != kExitOk) return rc;
+  // A Heartbeat for session 0, which no rank has: nothing changes.
+  auto probe = [&c, rank](const std::string& s) {
     v1::HeartbeatRequest req;
-    req.set_rank(-1);
+    req.set_rank(rank);
+    req.set_session_id(0);
     v1::HeartbeatResponse resp;
     grpc::ClientContext ctx;
     ctx.set_deadline(c.Deadline());
     if (!s.empty()) ctx.AddMetadata(kJoinSecretMetadataKey, JoinSecretMetadataValue(s));
     return c.control()->Heartbeat(&ctx, req, &resp);
   };
-  const grpc::Status st = probe(*secret);
-  if (st.error_code() != grpc::StatusCode::FAILED_PRECONDITION) {
-    return ServerError("RankControl.Heartbeat (check-join)", st);
+  const grpc::Status st = probe(credential.empty() ? "" : RankCredential(credential, rank));
+  if (!PassedAuthentication(st)) {
+    return ServerError(absl::StrCat("RankControl.Heartbeat (check-join, rank ", rank, ")"), st);
   }
-  if (secret->empty()) {
+  if (credential.empty()) {
     std::printf("accepted without a join secret: the server requires none\n");
-  } else if (probe("").error_code() == grpc::StatusCode::FAILED_PRECONDITION) {
+  } else if (PassedAuthentication(probe(""))) {
     std::printf("accepted, but the server requires no join secret (any caller may join)\n");
   } else {
-    std::printf("join secret accepted\n");
+    std::printf("%s accepted for rank %d\n", token_rank.ok() ? "rank token" : "join secret", rank);
   }
+  return kExitOk;
+}
+
+int RankTokens(Output output) {
+  const std::optional<int32_t> rank = absl::GetFlag(FLAGS_rank);
+  const std::optional<int32_t> world_size = absl::GetFlag(FLAGS_world_size);
+  if (rank.has_value() == world_size.has_value()) return Usage("rank-token: give --rank=R or --world_size=N (one)");
+  if (rank.has_value()) {
+    if (int rc = CheckRank(*rank); rc != kExitOk) return rc;
+  } else if (*world_size < 1 || *world_size > kMaxParts) {
+    return Usage(absl::StrCat("--world_size=", *world_size, ": must be 1..", kMaxParts));
+  }
+  std::string secret;
+  if (int rc = LoadJoinCredential(&secret); rc != kExitOk) return rc;
+  if (secret.empty()) {
+    return Usage("rank-token: no join secret; give --join_secret_file=FILE or set DCPMERGE_JOIN_SECRET");
+  }
+  if (RankOfToken(secret).ok()) {
+    return Usage("rank-token: --join_secret_file (or DCPMERGE_JOIN_SECRET) holds a rank token, not the group's secret");
+  }
+  const int32_t first = rank.value_or(0);
+  const int32_t end = rank.has_value() ? *rank + 1 : *world_size;
+  std::string out;
+  for (int32_t r = first; r < end; ++r) {
+    const std::string token = RankToken(secret, r);
+    if (output == Output::kJson) {
+      // A token is [a-z0-9.-] only: nothing to escape.
+      absl::StrAppend(&out, r == first ? "{\n" : ",\n", "  \"", r, "\": \"", token, "\"");
+    } else {
+      absl::StrAppend(&out, rank.has_value() ? "" : absl::StrCat(r, "\t"), token, "\n");
+    }
+  }
+  if (output == Output::kJson) out += "\n}\n";
+  std::fputs(out.c_str(), stdout);
   return kExitOk;
 }
 

@@ -33,6 +33,9 @@ int Stats(Connection& c, Output output);
 int Drain(Connection& c);
 int Health(Connection& c);
 int CheckJoin(Connection& c);
+// Local: --rank or --world_size, the group secret from --join_secret_file or
+// the environment.
+int RankTokens(Output output);
 int Version();
 
 }  // namespace dcpmerge::ctl

@@ -17,9 +17,11 @@ ABSL_FLAG(int64_t, deadline_ms, 5000,
           "Deadline for connecting and for each call (drain adds its wait to it)");
 // Command flags.
 ABSL_FLAG(std::string, output, "table",
-          "get-config, stats: table | json (protobuf JSON mapping); -o json is the same");
-ABSL_FLAG(bool, json, false, "get-config, stats: the same as --output=json");
-ABSL_FLAG(std::optional<int32_t>, world_size, std::nullopt, "configure: DCP ranks N (1..64)");
+          "get-config, stats, rank-token: table (text) | json (get-config, stats: the protobuf JSON mapping); -o json "
+          "is the same");
+ABSL_FLAG(bool, json, false, "get-config, stats, rank-token: the same as --output=json");
+ABSL_FLAG(std::optional<int32_t>, world_size, std::nullopt,
+          "configure: DCP ranks N (1..64); rank-token: issue the tokens of ranks 0..N-1");
 ABSL_FLAG(std::optional<int32_t>, num_heads, std::nullopt, "configure: heads H");
 ABSL_FLAG(std::optional<int32_t>, head_size, std::nullopt, "configure: head size D");
 ABSL_FLAG(std::optional<int64_t>, max_tokens, std::nullopt, "configure: largest tokens per step T");
@@ -40,4 +42,8 @@ ABSL_FLAG(bool, replace, false, "set-scales: remove layers not in the file (they
 ABSL_FLAG(int64_t, drain_timeout_ms, 0, "drain: how long the server waits for steps in flight (0: its --drain_timeout_ms)");
 ABSL_FLAG(bool, ready, false, "health: also require merge readiness (exit 4 when not ready)");
 ABSL_FLAG(std::string, join_secret_file, "",
-          "check-join: file holding the group's join secret (else env DCPMERGE_JOIN_SECRET; never a flag value)");
+          "check-join: file holding the group's join secret or a rank token; rank-token: the group's join secret "
+          "(else env DCPMERGE_JOIN_SECRET; never a flag value)");
+ABSL_FLAG(std::optional<int32_t>, rank, std::nullopt,
+          "rank-token: the rank to issue a token for (0..63); check-join: the rank to ask as (default: the "
+          "token's rank, else 0)");

@@ -17,11 +17,12 @@ ABSL_DECLARE_FLAG(std::string, tls_cert_file);
 ABSL_DECLARE_FLAG(std::string, tls_key_file);
 ABSL_DECLARE_FLAG(std::string, tls_server_name);
 ABSL_DECLARE_FLAG(int64_t, deadline_ms);
-// Output (get-config, stats).
+// Output (get-config, stats, rank-token).
 ABSL_DECLARE_FLAG(std::string, output);
 ABSL_DECLARE_FLAG(bool, json);
-// configure.
+// configure, rank-token.
 ABSL_DECLARE_FLAG(std::optional<int32_t>, world_size);
+// configure.
 ABSL_DECLARE_FLAG(std::optional<int32_t>, num_heads);
 ABSL_DECLARE_FLAG(std::optional<int32_t>, head_size);
 ABSL_DECLARE_FLAG(std::optional<int64_t>, max_tokens);
@@ -42,7 +43,8 @@ ABSL_DECLARE_FLAG(bool, replace);
 ABSL_DECLARE_FLAG(int64_t, drain_timeout_ms);
 // health.
 ABSL_DECLARE_FLAG(bool, ready);
-// check-join.
+// check-join, rank-token.
 ABSL_DECLARE_FLAG(std::string, join_secret_file);
+ABSL_DECLARE_FLAG(std::optional<int32_t>, rank);
 
 #endif  // DCPMERGE_TOOLS_DCPMERGECTL_FLAGS_H_

@@ -74,6 +74,7 @@ int Main(int argc, char** argv) {
   if (cmd->flags.count("output")) {
     if (int rc = ParseOutput(&output); rc != kExitOk) return rc;
   }
+  if (name == "rank-token") return RankTokens(output);
   Connection c;
   if (cmd->needs_token) {
     if (int rc = c.LoadToken(); rc != kExitOk) return rc;

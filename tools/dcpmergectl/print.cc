@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "base/log.h"
 #include "common/names.h"
 #include "google/protobuf/util/json_util.h"
 #include "tools/dcpmergectl/cli.h"
@@ -61,20 +62,20 @@ std::string ConfigTable(const v1::GetConfigResponse& r) {
   std::vector<std::string> parts;
   for (const auto& [layer, s] : scales) parts.push_back(absl::StrFormat("%d=%g", layer, s));
   absl::StrAppendFormat(&out, "%-16s %s\n", "layer scales", parts.empty() ? "(none)" : absl::StrJoin(parts, " "));
-  absl::StrAppendFormat(&out, "%-16s %s\n", "backend", r.backend());
+  absl::StrAppendFormat(&out, "%-16s %s\n", "backend", EscapeForLog(r.backend()));
   absl::StrAppendFormat(&out, "%-16s %s\n", "data plane", Shown(kDataPlaneNames, r.data_plane()));
   absl::StrAppendFormat(&out, "%-16s %s (%d of %d ranks joined)\n", "group ready", r.group_ready() ? "yes" : "no",
                         r.members_size(), g.world_size());
   absl::StrAppendFormat(&out, "%-16s %s\n", "draining", r.draining() ? "yes" : "no");
   absl::StrAppendFormat(&out, "%-16s %s (commit %s)\n", "server version",
-                        r.server_version().empty() ? "unknown" : r.server_version(),
-                        r.server_commit().empty() ? "unknown" : r.server_commit());
+                        r.server_version().empty() ? "unknown" : EscapeForLog(r.server_version()),
+                        r.server_commit().empty() ? "unknown" : EscapeForLog(r.server_commit()));
   if (r.members_size() > 0) {
     absl::StrAppendFormat(&out, "members:\n  %-5s %-24s %-10s %-8s %-20s %s\n", "RANK", "HOST", "DEVICE", "PID",
                           "SESSION", "HEARTBEAT_AGE_MS");
     for (const v1::Member& m : r.members()) {
-      absl::StrAppendFormat(&out, "  %-5d %-24s %-10s %-8d %-20d %d\n", m.rank(), m.host(), m.device(), m.pid(),
-                            m.session_id(), m.last_heartbeat_age_ms());
+      absl::StrAppendFormat(&out, "  %-5d %-24s %-10s %-8d %-20d %d\n", m.rank(), EscapeForLog(m.host()),
+                            EscapeForLog(m.device()), m.pid(), m.session_id(), m.last_heartbeat_age_ms());
     }
   }
   return out;
@@ -99,7 +100,7 @@ std::string StatsTable(const v1::GetStatsResponse& r) {
     out += "errors by code:   (none)\n";
   } else {
     out += "errors by code:\n";
-    for (const auto& [code, n] : errors) absl::StrAppendFormat(&out, "  %-20s %d\n", code, n);
+    for (const auto& [code, n] : errors) absl::StrAppendFormat(&out, "  %-20s %d\n", EscapeForLog(code), n);
   }
   return out;
 }
@@ -108,7 +109,9 @@ int ServerError(const std::string& call, const grpc::Status& st) {
   // grpc::StatusCode and absl::StatusCode share their numbers.
   std::string code = absl::StatusCodeToString(static_cast<absl::StatusCode>(st.error_code()));
   if (code.empty()) code = absl::StrCat("CODE_", static_cast<int>(st.error_code()));
-  std::fprintf(stderr, "dcpmergectl: %s failed: %s: %s\n", call.c_str(), code.c_str(), st.error_message().c_str());
+  // Whole: the message is the diagnosis (the table's fields are cut at 128).
+  const std::string message = EscapeForLog(st.error_message(), st.error_message().size());
+  std::fprintf(stderr, "dcpmergectl: %s failed: %s: %s\n", call.c_str(), code.c_str(), message.c_str());
   if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED) {
     std::fprintf(stderr, "dcpmergectl: hint: give the admin token with --token_file=FILE or "
                          "DCPMERGE_ADMIN_TOKEN\n");

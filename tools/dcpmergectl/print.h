@@ -1,5 +1,8 @@
 // What dcpmergectl prints: the server's answers as tables or JSON, and the
-// server's errors.
+// server's errors. Strings from the server (a member's host and device, error
+// messages, ...) reach the operator's terminal escaped as in the log
+// (EscapeForLog, base/log.h), so no control sequence gets through; JSON
+// escapes them by its own rules.
 #ifndef DCPMERGE_TOOLS_DCPMERGECTL_PRINT_H_
 #define DCPMERGE_TOOLS_DCPMERGECTL_PRINT_H_
 

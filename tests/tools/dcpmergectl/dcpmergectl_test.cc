@@ -5,13 +5,19 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+#include <chrono>
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "dcpmerge/v1/admin.pb.h"
+#include "dcpmerge/v1/control.grpc.pb.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/util/json_util.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "tests/testutil/ops_util.h"
 
@@ -245,6 +251,53 @@ TEST_F(CtlTest, OutputJsonSpellings) {
   EXPECT_THAT(table.out, HasSubstr("world_size 2, num_heads 2"));
   EXPECT_EQ(Ctl({"stats", "-o", "yaml"}).exit_code, 2);
   EXPECT_EQ(Ctl({"drain", "-o", "json"}).exit_code, 2);  // drain prints no table
+}
+
+// Strings the server hands back come from its callers: a member's host and
+// device reach the table escaped (no control byte reaches the terminal) and
+// the JSON intact.
+TEST_F(CtlTest, UntrustedStringsPrintEscaped) {
+  ConfigureSmall();
+  const std::string host = "evil\n\x1b[31mred\x07";
+  const std::string device = "cuda:0\r\x1b]0;title\x07\x7f";
+  auto control =
+      v1::RankControl::NewStub(grpc::CreateChannel(server_.rank_target(), grpc::InsecureChannelCredentials()));
+  v1::JoinRequest join;
+  join.set_rank(0);
+  join.set_world_size(2);
+  join.set_host(host);
+  join.set_device(device);
+  join.set_pid(1);
+  v1::JoinResponse joined;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  const grpc::Status st = control->Join(&ctx, join, &joined);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+
+  const RunResult table = Ctl({"get-config"});
+  ASSERT_EQ(table.exit_code, 0) << table.Describe();
+  EXPECT_THAT(table.out, HasSubstr("evil\\n\\x1b[31mred\\x07"));
+  EXPECT_THAT(table.out, HasSubstr("cuda:0\\r\\x1b]0;title\\x07\\x7f"));
+  for (const char c : table.out) {
+    EXPECT_TRUE(c == '\n' || (c >= 0x20 && c < 0x7f)) << "byte " << static_cast<int>(c) << " in\n" << table.out;
+  }
+  // The member is still one line: host and device on it.
+  const std::vector<std::string> lines = absl::StrSplit(table.out, '\n');
+  EXPECT_EQ(std::count_if(
+                lines.begin(), lines.end(),
+                [](const std::string& l) { return absl::StrContains(l, "evil") && absl::StrContains(l, "cuda:0"); }),
+            1)
+      << table.out;
+
+  const RunResult json = Ctl({"get-config", "-o", "json"});
+  ASSERT_EQ(json.exit_code, 0) << json.Describe();
+  EXPECT_EQ(json.out.find('\x1b'), std::string::npos) << json.out;
+  EXPECT_EQ(json.out.find('\x07'), std::string::npos) << json.out;
+  v1::GetConfigResponse c;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json.out, &c).ok()) << json.out;
+  ASSERT_EQ(c.members_size(), 1);
+  EXPECT_EQ(c.members(0).host(), host);
+  EXPECT_EQ(c.members(0).device(), device);
 }
 
 // Help and version are answered locally: no server, no token.
