@@ -21,9 +21,12 @@ void SetDeadline(grpc::ClientContext* ctx, absl::Duration d) {
   ctx->set_deadline(absl::ToChronoTime(absl::Now() + d));
 }
 
-// The join secret on every call of the rank plane (common/join_secret.h).
+// The rank's token on every call of the rank plane (common/join_secret.h):
+// as given, or derived when the client was given the group secret.
 void AddCredential(grpc::ClientContext* ctx, const RankClientOptions& o) {
-  if (!o.join_secret.empty()) ctx->AddMetadata(kJoinSecretMetadataKey, JoinSecretMetadataValue(o.join_secret));
+  if (!o.join_secret.empty()) {
+    ctx->AddMetadata(kJoinSecretMetadataKey, JoinSecretMetadataValue(RankCredential(o.join_secret, o.rank)));
+  }
 }
 
 }  // namespace
@@ -33,6 +36,10 @@ struct RankClient::Stream {
   std::unique_ptr<grpc::ClientReaderWriter<v1::MergeRequest, v1::MergeResponse>> rw;
   std::thread reader;
   bool broken = false;  // guarded by RankClient::mu_
+  std::string end;      // how it ended, once broken (guarded by RankClient::mu_)
+  // How the stream before this one ended: a reconnect that fails (the
+  // server has gone after answering "shutting down") still says why.
+  std::string previous_end;
 };
 
 absl::StatusOr<std::unique_ptr<RankClient>> RankClient::Connect(RankClientOptions options) {
@@ -205,12 +212,15 @@ absl::Status RankClient::WaitForGroupReady(absl::Duration timeout) {
 
 absl::Status RankClient::EnsureStream() {
   if (stream_ != nullptr && !stream_->broken) return absl::OkStatus();
+  std::string previous_end;
   if (stream_ != nullptr) {
     // The reader thread marked it broken and touches nothing after that.
     if (stream_->reader.joinable()) stream_->reader.join();
+    previous_end = std::move(stream_->end);
     stream_.reset();
   }
   auto s = std::make_shared<Stream>();
+  s->previous_end = std::move(previous_end);
   AddCredential(&s->ctx, options_);
   s->rw = data_->MergeStream(&s->ctx);
   if (s->rw == nullptr) return absl::UnavailableError("cannot open the merge stream");
@@ -247,12 +257,16 @@ void RankClient::ReadLoop(Stream* s) {
   }
   absl::Status end = FromGrpcStatus(s->rw->Finish());
   if (end.ok()) end = absl::UnavailableError("merge stream closed by the server");
+  const std::string why = absl::StrCat(
+      "merge stream ended: ", end.message(),
+      s->previous_end.empty() ? "" : absl::StrCat(" (the stream before it ", s->previous_end, ")"));
   absl::MutexLock lock(&mu_);
   for (auto& [step, w] : waiters_) {
-    w->result = absl::Status(end.code(), absl::StrCat("merge stream ended: ", end.message()));
+    w->result = absl::Status(end.code(), why);
     w->done = true;
   }
   waiters_.clear();
+  s->end = absl::StrCat("ended ", absl::StatusCodeToString(end.code()), ": ", end.message());
   s->broken = true;
 }
 

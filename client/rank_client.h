@@ -20,10 +20,12 @@
 // (client/rank_device.h) bound to this client's session; the class is the
 // same in every build.
 //
-// Credentials: a group whose server has a join secret needs it on every
-// call (options.join_secret; LoadJoinSecret in common/join_secret.h reads
-// it from a file or $DCPMERGE_JOIN_SECRET, as the tools do). Without it,
-// Join fails UNAUTHENTICATED, with a wrong one PERMISSION_DENIED.
+// Credentials: a group whose server has a join secret needs this rank's
+// token on every call (options.join_secret: the rank token from
+// `dcpmergectl rank-token`, or the group secret, from which the client
+// derives it; LoadJoinSecret in common/join_secret.h reads either from a
+// file or $DCPMERGE_JOIN_SECRET). Without it, Join fails UNAUTHENTICATED;
+// with a wrong one, or another rank's token, PERMISSION_DENIED.
 #ifndef DCPMERGE_CLIENT_RANK_CLIENT_H_
 #define DCPMERGE_CLIENT_RANK_CLIENT_H_
 
@@ -62,7 +64,8 @@ struct RankClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(5);
   absl::Duration merge_timeout = absl::ZeroDuration();  // 0: see above
   bool heartbeat = true;  // run the heartbeat thread after Join
-  // Per-group join secret (docs/server.md, "Limits and security"); empty: none.
+  // This rank's token, or the group's join secret to derive it from
+  // (docs/server.md, "Limits and security"); empty: none.
   std::string join_secret;
 };
 

@@ -19,7 +19,9 @@ namespace {
 // Every admin change (Configure, SetScales, Drain), made or refused, is
 // logged by the "admin" component with its caller: the peer address, the
 // client certificate's identity under mTLS, and the fingerprint of the
-// bearer token presented (admin_auth.h; never the token itself).
+// bearer token presented (admin_auth.h; never the token itself). Refused
+// authentications are audited within the guard's rate limit
+// (server/auth_guard.h), so a flood of wrong tokens cannot flood the log.
 std::vector<LogField> Caller(const grpc::ServerContext& ctx, const char* method) {
   std::vector<LogField> f;
   f.push_back({"method", method});
@@ -52,6 +54,13 @@ grpc::Status AuditFailure(const grpc::ServerContext& ctx, const char* method, gr
   return st;
 }
 
+// A refused authentication of a change: audited unless the guard
+// throttled it (its rate limit bounds these lines; it logs the rest).
+grpc::Status AuditRefusal(const grpc::ServerContext& ctx, const char* method, grpc::Status st) {
+  if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) return st;
+  return AuditFailure(ctx, method, std::move(st));
+}
+
 }  // namespace
 
 AdminService::AdminService(MergeServer* server, std::string token)
@@ -63,7 +72,7 @@ AdminService::AdminService(MergeServer* server, std::string token, AuthFailureGu
 grpc::Status AdminService::Authorize(const grpc::ServerContext& ctx) {
   grpc::Status st = CheckAdminToken(ctx, Token());
   if (st.error_code() == grpc::StatusCode::UNAUTHENTICATED || st.error_code() == grpc::StatusCode::PERMISSION_DENIED) {
-    guard_.FailAndWait(ctx, st);
+    return guard_.Fail(ctx.peer(), std::move(st));
   }
   return st;
 }
@@ -80,7 +89,7 @@ std::string AdminService::Token() const {
 
 grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::ConfigureRequest* req,
                                      v1::ConfigureResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Configure", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditRefusal(*ctx, "Configure", a);
   auto snap = server_->Configure(req->config(), req->default_scale());
   if (!snap.ok()) return AuditFailure(*ctx, "Configure", ToGrpcStatus(snap.status()));
   resp->set_config_version((*snap)->version);
@@ -94,7 +103,7 @@ grpc::Status AdminService::Configure(grpc::ServerContext* ctx, const v1::Configu
 
 grpc::Status AdminService::SetScales(grpc::ServerContext* ctx, const v1::SetScalesRequest* req,
                                      v1::SetScalesResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "SetScales", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditRefusal(*ctx, "SetScales", a);
   std::map<int32_t, float> scales(req->layer_scales().begin(), req->layer_scales().end());
   auto snap = server_->SetScales(scales, req->replace(), req->default_scale());
   if (!snap.ok()) return AuditFailure(*ctx, "SetScales", ToGrpcStatus(snap.status()));
@@ -122,7 +131,7 @@ grpc::Status AdminService::GetStats(grpc::ServerContext* ctx, const v1::GetStats
 
 grpc::Status AdminService::Drain(grpc::ServerContext* ctx, const v1::DrainRequest* req,
                                  v1::DrainResponse* resp) {
-  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditFailure(*ctx, "Drain", a);
+  if (grpc::Status a = Authorize(*ctx); !a.ok()) return AuditRefusal(*ctx, "Drain", a);
   if (req->timeout_ms() < 0) {
     return AuditFailure(*ctx, "Drain",
                         grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "timeout_ms: must be >= 0"));

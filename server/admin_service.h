@@ -18,8 +18,8 @@ class MergeServer;
 class AdminService final : public v1::Admin::Service {
  public:
   AdminService(MergeServer* server, std::string token);
-  // Wrong or missing tokens are logged (rate-limited) and slowed by a guard
-  // with these options (server/auth_guard.h).
+  // Wrong or missing tokens are answered at once, rate-limited and logged
+  // by a guard with these options (server/auth_guard.h).
   AdminService(MergeServer* server, std::string token, AuthFailureGuard::Options penalty);
 
   grpc::Status Configure(grpc::ServerContext*, const v1::ConfigureRequest*,
@@ -39,7 +39,7 @@ class AdminService final : public v1::Admin::Service {
 
  private:
   std::string Token() const;
-  // CheckAdminToken; a wrong or missing token is logged and slowed.
+  // CheckAdminToken; a wrong or missing token goes through the guard.
   grpc::Status Authorize(const grpc::ServerContext& ctx);
 
   MergeServer* const server_;

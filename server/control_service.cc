@@ -17,20 +17,47 @@ ControlService::ControlService(ConfigStore* config, Group* group, DataPlane* pla
       ready_(std::move(ready)),
       auth_(auth) {}
 
-grpc::Status ControlService::Join(grpc::ServerContext* ctx, const v1::JoinRequest* req,
-                                  v1::JoinResponse* resp) {
-  if (auth_ != nullptr) {
-    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
-  }
+namespace {
+
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx, grpc::Status status) {
+  grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
+  r->Finish(std::move(status));
+  return r;
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* ControlService::Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
+                                               v1::JoinResponse* resp) {
+  return FinishNow(ctx, DoJoin(*ctx, *req, resp));
+}
+
+grpc::ServerUnaryReactor* ControlService::Leave(grpc::CallbackServerContext* ctx, const v1::LeaveRequest* req,
+                                                v1::LeaveResponse*) {
+  return FinishNow(ctx, DoLeave(*ctx, *req));
+}
+
+grpc::ServerUnaryReactor* ControlService::Heartbeat(grpc::CallbackServerContext* ctx,
+                                                    const v1::HeartbeatRequest* req, v1::HeartbeatResponse* resp) {
+  return FinishNow(ctx, DoHeartbeat(*ctx, *req, resp));
+}
+
+grpc::Status ControlService::Authorize(const grpc::ServerContextBase& ctx, int32_t rank) {
+  return auth_ == nullptr ? grpc::Status::OK : auth_->CheckRank(ctx, rank);
+}
+
+grpc::Status ControlService::DoJoin(const grpc::ServerContextBase& ctx, const v1::JoinRequest& req,
+                                    v1::JoinResponse* resp) {
+  if (grpc::Status a = Authorize(ctx, req.rank()); !a.ok()) return a;
   std::shared_ptr<const ConfigSnapshot> cfg = config_->Current();
   JoinInfo info;
-  info.rank = req->rank();
-  info.num_parts = req->world_size();
-  info.host = req->host();
-  info.device = req->device();
-  info.pid = req->pid();
-  info.expected_config_hash = req->expected_config_hash();
-  info.replace_existing = req->replace_existing();
+  info.rank = req.rank();
+  info.num_parts = req.world_size();
+  info.host = req.host();
+  info.device = req.device();
+  info.pid = req.pid();
+  info.expected_config_hash = req.expected_config_hash();
+  info.replace_existing = req.replace_existing();
   absl::StatusOr<uint64_t> session = group_->Join(info, *cfg);
   if (!session.ok()) return ToGrpcStatus(session.status());
   *resp->mutable_config() = GroupSpecToProto(cfg->spec);
@@ -50,20 +77,15 @@ grpc::Status ControlService::Join(grpc::ServerContext* ctx, const v1::JoinReques
   return grpc::Status::OK;
 }
 
-grpc::Status ControlService::Leave(grpc::ServerContext* ctx, const v1::LeaveRequest* req,
-                                   v1::LeaveResponse*) {
-  if (auth_ != nullptr) {
-    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
-  }
-  return ToGrpcStatus(group_->Leave(req->rank(), req->session_id()));
+grpc::Status ControlService::DoLeave(const grpc::ServerContextBase& ctx, const v1::LeaveRequest& req) {
+  if (grpc::Status a = Authorize(ctx, req.rank()); !a.ok()) return a;
+  return ToGrpcStatus(group_->Leave(req.rank(), req.session_id()));
 }
 
-grpc::Status ControlService::Heartbeat(grpc::ServerContext* ctx, const v1::HeartbeatRequest* req,
-                                       v1::HeartbeatResponse* resp) {
-  if (auth_ != nullptr) {
-    if (grpc::Status a = auth_->CheckAndWait(*ctx); !a.ok()) return a;
-  }
-  absl::Status st = group_->Heartbeat(req->rank(), req->session_id());
+grpc::Status ControlService::DoHeartbeat(const grpc::ServerContextBase& ctx, const v1::HeartbeatRequest& req,
+                                         v1::HeartbeatResponse* resp) {
+  if (grpc::Status a = Authorize(ctx, req.rank()); !a.ok()) return a;
+  absl::Status st = group_->Heartbeat(req.rank(), req.session_id());
   if (!st.ok()) return ToGrpcStatus(st);
   resp->set_config_version(config_->Current()->version);
   resp->set_group_ready(ready_());

@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/grpc_status.h"
 #include "base/log.h"
+#include "server/auth_guard.h"
 #include "server/grpc_response.h"
 
 namespace dcpmerge {
@@ -24,8 +26,8 @@ struct GrpcDataPlane::StreamState {
 // while issuing them cannot deadlock.
 class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse> {
  public:
-  Reactor(GrpcDataPlane* plane, grpc::CallbackServerContext* context)
-      : plane_(plane), context_(context), state_(std::make_shared<StreamState>()) {
+  Reactor(GrpcDataPlane* plane, grpc::CallbackServerContext* context, int32_t token_rank)
+      : plane_(plane), context_(context), token_rank_(token_rank), state_(std::make_shared<StreamState>()) {
     absl::MutexLock lock(&state_->mu);
     state_->reactor = this;
     opened_ = last_activity_ = absl::Now();
@@ -37,39 +39,34 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     StartRead(&req_);
   }
 
-  // Refused at open: ends with `status` at `when` (now, or later for an
-  // authentication failure's penalty; the housekeeping thread sends it).
-  void Refuse(grpc::Status status, absl::Time when) {
+  // Refused at open: ends with `status` at once.
+  void Refuse(grpc::Status status) {
     absl::MutexLock lock(&mu_);
     refused_ = true;
-    if (when <= absl::Now()) {
-      FinishLocked(std::move(status));
-    } else {
-      refuse_status_ = std::move(status);
-      refuse_at_ = when;
-    }
+    FinishLocked(std::move(status));
   }
   bool refused() const {
     absl::MutexLock lock(&mu_);
     return refused_;
   }
+  // The rank the stream's token names (JoinSecretCheck::kAnyRank: none).
+  int32_t token_rank() const { return token_rank_; }
+
+  // The peer reset the stream (RST_STREAM, a broken connection, a deadline)
+  // or gRPC cancelled it (memory pressure): the rank bound to it is lost
+  // now, whatever the reads saw, so its group's steps fail fast naming it.
+  void OnCancel() override { MarkBoundRankLost("data stream reset (peer cancelled, connection lost or gRPC reset it)"); }
 
   void OnReadDone(bool ok) override {
     if (!ok) {
-      bool lost = false;
-      int32_t rank;
-      uint64_t session;
       {
         absl::MutexLock lock(&mu_);
         reads_done_ = true;
-        rank = rank_;
-        session = session_;
-        lost = context_->IsCancelled() && !stopping_ && rank_ >= 0;
         AdvanceLocked();
       }
-      // The rank vanished mid-stream: drop it now so its group's steps fail
-      // fast with UNAVAILABLE.
-      if (lost) plane_->group_->MarkLost(rank, session, "data stream broken (peer cancelled or died)");
+      // A half-close is the rank's orderly end of the stream; anything else
+      // ends its membership now (OnCancel may come later or not at all).
+      if (context_->IsCancelled()) MarkBoundRankLost("data stream broken (peer cancelled or died)");
       return;
     }
     plane_->stats_->AddBytesIn(req_.partial_out().size() + req_.lse().size());
@@ -93,7 +90,16 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
       if (state->reactor != nullptr) state->reactor->Push(std::move(r));
     };
     bool submit = true;
-    if (rank < 0) {
+    if (absl::Status st = CheckTokenRank(token_rank_, part.header.rank()); !st.ok()) {
+      // A token acts for its own rank only: refused, never bound.
+      auto r = std::make_shared<StepResult>();
+      r->status = std::move(st);
+      r->step = part.header.step();
+      r->layer = part.header.layer();
+      plane_->stats_->RecordErrorResponse(r->status.code());
+      done(std::move(r));
+      submit = false;
+    } else if (rank < 0) {
       // Bind on the first part from a live member; until then parts go to
       // the collector unbound (it answers why they are refused).
       if (plane_->group_->CheckSession(part.header.rank(), part.header.session_id()).ok()) {
@@ -124,15 +130,18 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   }
 
   void OnWriteDone(bool ok) override {
-    absl::MutexLock lock(&mu_);
-    writing_ = false;
-    plane_->stats_->RecordLatency(Phase::kSend, absl::Now() - write_started_);
-    if (ok) {
-      plane_->stats_->AddBytesOut(write_bytes_);
-    } else {
-      broken_ = true;
+    {
+      absl::MutexLock lock(&mu_);
+      writing_ = false;
+      plane_->stats_->RecordLatency(Phase::kSend, absl::Now() - write_started_);
+      if (ok) {
+        plane_->stats_->AddBytesOut(write_bytes_);
+      } else {
+        broken_ = true;
+      }
+      AdvanceLocked();
     }
-    AdvanceLocked();
+    if (!ok) MarkBoundRankLost("an answer could not be written (stream broken)");
   }
 
   void OnDone() override {
@@ -159,11 +168,24 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     AdvanceLocked();
   }
 
+  // Ends the bound rank's session (not under mu_: the group's callbacks
+  // reach every stream). Not while the server stops: that is no fault.
+  void MarkBoundRankLost(absl::string_view why) {
+    int32_t rank;
+    uint64_t session;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stopping_ || rank_ < 0) return;
+      rank = rank_;
+      session = session_;
+    }
+    plane_->group_->MarkLost(rank, session, why);
+  }
+
   // Server stopping: answer what is outstanding, then end UNAVAILABLE.
   void Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
-    if (refused_ && !finish_requested_) FinishLocked(refuse_status_);
     AdvanceLocked();
   }
   // Stop did not finish in time: cancel.
@@ -173,12 +195,11 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     context_->TryCancel();
   }
 
-  // The housekeeping thread (plane's lock held): delayed refusals, stuck
-  // writes, drops to carry out, idle and orphaned streams. Appends a member
-  // to drop to *drop.
+  // The housekeeping thread (plane's lock held): stuck writes, drops to
+  // carry out, idle and orphaned streams. Appends a member to drop to
+  // *drop.
   void Housekeep(absl::Time now, bool idle_checks, std::vector<std::pair<int32_t, uint64_t>>* drop) {
     absl::MutexLock lock(&mu_);
-    if (refused_ && !finish_requested_ && now >= refuse_at_) FinishLocked(refuse_status_);
     if (finish_requested_ && now >= cancel_at_) {
       context_->TryCancel();
       cancel_at_ = absl::InfiniteFuture();
@@ -257,6 +278,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
 
   GrpcDataPlane* const plane_;
   grpc::CallbackServerContext* const context_;
+  const int32_t token_rank_;
   const std::shared_ptr<StreamState> state_;
   v1::MergeRequest req_;  // the one outstanding read
 
@@ -271,8 +293,6 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool refused_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status refuse_status_ ABSL_GUARDED_BY(mu_);
-  absl::Time refuse_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   absl::Time cancel_at_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   absl::Time write_started_ ABSL_GUARDED_BY(mu_);
   uint64_t write_bytes_ ABSL_GUARDED_BY(mu_) = 0;
@@ -301,24 +321,39 @@ GrpcDataPlane::~GrpcDataPlane() {
 
 grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* GrpcDataPlane::MergeStream(
     grpc::CallbackServerContext* context) {
-  auto* r = new Reactor(this, context);
-  absl::Time not_before = absl::Now();
   grpc::Status refuse;
+  int32_t token_rank = JoinSecretCheck::kAnyRank;
   if (stopping_.load()) {
     refuse = grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down");
   } else if (auth_) {
-    refuse = auth_(*context, &not_before);
+    absl::StatusOr<int32_t> rank = auth_(*context);
+    if (rank.ok()) {
+      token_rank = *rank;
+    } else {
+      refuse = ToGrpcStatus(rank.status());
+    }
   }
+  auto* r = new Reactor(this, context, token_rank);
   {
     absl::MutexLock lock(&mu_);
     if (refuse.ok()) {
-      size_t open = 0;
-      for (Reactor* s : streams_) open += !s->refused();
+      size_t open = 0, of_rank = 0;
+      for (Reactor* s : streams_) {
+        if (s->refused()) continue;
+        ++open;
+        of_rank += token_rank != JoinSecretCheck::kAnyRank && s->token_rank() == token_rank;
+      }
       if (open >= options_.max_streams) {
         refused_max_streams_.fetch_add(1);
         refuse = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                               absl::StrCat("max_streams: ", open, " MergeData streams are open on this listener "
                                            "(--max_streams=", options_.max_streams, ")"));
+      } else if (of_rank >= kMaxStreamsPerRank) {
+        // One rank's token cannot take the listener's streams from the others.
+        refused_max_streams_.fetch_add(1);
+        refuse = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              absl::StrCat("max_streams: rank ", token_rank, " already has ", of_rank,
+                                           " MergeData streams open (at most ", kMaxStreamsPerRank, " per rank)"));
       }
     }
     streams_.insert(r);
@@ -326,7 +361,7 @@ grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* GrpcDataPlane::Mer
   if (refuse.ok()) {
     r->Start();
   } else {
-    r->Refuse(std::move(refuse), not_before);
+    r->Refuse(std::move(refuse));
   }
   return r;
 }

@@ -5,9 +5,7 @@
 // StepCollector; results are queued per stream and written one at a time
 // as the previous write completes. An idle stream costs no thread. The
 // stream's first part from a live session binds it to that rank and
-// session; a stream that breaks (peer cancelled, process died) drops that
-// member at once, which fails its group's pending steps with UNAVAILABLE
-// instead of letting them wait for the step deadline.
+// session.
 //
 // Limits (Options), each refusal naming its flag:
 //  - max_streams: streams open on the listener at once; beyond, a new
@@ -21,9 +19,15 @@
 //  - bind_timeout: a stream that has sent nothing from a live session for
 //    this long is ended (FAILED_PRECONDITION), and so is a bound stream
 //    whose session has ended, once it has nothing left to answer;
-//  - auth: a stream without the join secret (common/join_secret.h) ends
-//    with UNAUTHENTICATED / PERMISSION_DENIED, answered after the failure
-//    penalty (server/auth_guard.h) without blocking a thread.
+//  - auth: a stream without a valid rank token (common/join_secret.h) ends
+//    at once with UNAUTHENTICATED / PERMISSION_DENIED (server/auth_guard.h);
+//    a stream's parts must be for its token's rank (else PERMISSION_DENIED
+//    per part), and one rank may have kMaxStreamsPerRank streams open.
+//
+// Every end of a bound stream other than the rank's half-close (a reset by
+// the peer or by gRPC, a broken connection, a failed write) drops that
+// member at once (OnCancel), failing its group's steps with UNAVAILABLE
+// naming the rank.
 //
 // Stop (server shutdown): every part already read is answered (the
 // collector has stopped: UNAVAILABLE "server shutting down" for whatever
@@ -41,6 +45,7 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "dcpmerge/v1/data.grpc.pb.h"
@@ -60,9 +65,13 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
     absl::Duration write_timeout = absl::Seconds(5);
     absl::Duration stop_flush_timeout = absl::Seconds(2);
   };
-  // Checks a new stream's credential: OK, or the status to end it with and
-  // (in *not_before) when that answer may be sent. Unset: no check.
-  using AuthFn = std::function<grpc::Status(const grpc::CallbackServerContext& context, absl::Time* not_before)>;
+  // Checks a new stream's credential: the rank its token names
+  // (JoinSecretCheck::kAnyRank: any), or the status to end it with at once.
+  // Unset: no check.
+  using AuthFn = std::function<absl::StatusOr<int32_t>(const grpc::CallbackServerContext& context)>;
+  // Streams one rank's token may hold open (a reconnect overlaps the old
+  // stream briefly).
+  static constexpr size_t kMaxStreamsPerRank = 4;
 
   GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats);
   GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats, Options options, AuthFn auth);

@@ -26,6 +26,7 @@
 #include "common/names.h"
 #include "common/join_secret.h"
 #include "server/admin_auth.h"
+#include "server/listener_watch.h"
 #include "server/merge_server.h"
 
 ABSL_FLAG(std::string, rank_address, "127.0.0.1:50051",
@@ -103,6 +104,11 @@ ABSL_FLAG(int32_t, max_layers, 4096, "Layer ids 0..max_layers-1 on every API (an
 ABSL_FLAG(int64_t, heap_retain_bytes, int64_t{256} << 20,
           "Freed heap memory kept for reuse; beyond, it is returned to the kernel");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 1000, "SIGTERM: steps in flight may finish within this, then UNAVAILABLE");
+ABSL_FLAG(int64_t, handshake_timeout_ms, 5000,
+          "Close a connection that has not completed its HTTP/2 handshake within this (every listener)");
+ABSL_FLAG(int64_t, listener_stall_timeout_ms, 5000,
+          "A listener with connections waiting this long for accept() has stopped: liveness NOT_SERVING, then exit "
+          "3 (0: not watched)");
 ABSL_FLAG(std::string, state_file, "",
           "Configuration, scales and version, written atomically on every change and restored at start; empty: off");
 ABSL_FLAG(bool, state_fsync, true,
@@ -153,8 +159,17 @@ int Run() {
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);  // reload the admin token file now
+  sigaddset(&signals, SIGHUP);   // reload the admin token file now
+  sigaddset(&signals, SIGUSR1);  // from the listener watch: a listener stopped accepting
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Descriptors: as many as the hard limit allows (a listener that hits
+  // EMFILE stops accepting for good in gRPC 1.51; server/listener_watch.h).
+  if (auto lim = RaiseOpenFileLimit(); lim.ok()) {
+    LogInfo("open files: soft limit %u -> %u (hard limit %u)", lim->soft_before, lim->soft, lim->hard);
+  } else {
+    LogWarning("open files: %s", lim.status().message());
+  }
 
   MergeServerOptions o;
   o.rank_address = absl::GetFlag(FLAGS_rank_address);
@@ -218,6 +233,9 @@ int Run() {
   o.max_layers = absl::GetFlag(FLAGS_max_layers);
   o.heap_retain_bytes = absl::GetFlag(FLAGS_heap_retain_bytes);
   o.shutdown_grace = absl::Milliseconds(absl::GetFlag(FLAGS_shutdown_grace_ms));
+  o.handshake_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_handshake_timeout_ms));
+  o.listener_stall_timeout = absl::Milliseconds(absl::GetFlag(FLAGS_listener_stall_timeout_ms));
+  o.on_listener_stalled = [](const std::string&) { kill(getpid(), SIGUSR1); };
   o.state_file = absl::GetFlag(FLAGS_state_file);
   const std::string state_missing = absl::GetFlag(FLAGS_state_missing);
   if (state_missing != "error" && state_missing != "fresh") {
@@ -228,10 +246,12 @@ int Run() {
   o.state_fsync = absl::GetFlag(FLAGS_state_fsync);
   if (o.max_message_bytes < 0 || o.max_buffered_bytes < 0 || o.max_rpc_threads < 2 || o.max_streams < 1 ||
       o.max_response_queue < 1 || o.stream_bind_timeout <= absl::ZeroDuration() || o.max_pending_bytes < 0 ||
-      o.max_layers < 1 || o.heap_retain_bytes < 0 || o.shutdown_grace < absl::ZeroDuration()) {
-    LogError("--max_message_bytes, --max_buffered_bytes, --max_pending_bytes, --heap_retain_bytes and "
-             "--shutdown_grace_ms must be >= 0; --max_streams, --max_response_queue, --max_layers and "
-             "--stream_bind_timeout_ms >= 1; --max_rpc_threads >= 2");
+      o.max_layers < 1 || o.heap_retain_bytes < 0 || o.shutdown_grace < absl::ZeroDuration() ||
+      o.handshake_timeout <= absl::ZeroDuration() || o.listener_stall_timeout < absl::ZeroDuration()) {
+    LogError("--max_message_bytes, --max_buffered_bytes, --max_pending_bytes, --heap_retain_bytes, "
+             "--shutdown_grace_ms and --listener_stall_timeout_ms must be >= 0; --max_streams, "
+             "--max_response_queue, --max_layers, --stream_bind_timeout_ms and --handshake_timeout_ms >= 1; "
+             "--max_rpc_threads >= 2");
     return 2;
   }
 
@@ -259,6 +279,16 @@ int Run() {
     const timespec poll = {2, 0};
     sig = sigtimedwait(&signals, nullptr, &poll);
     if (sig == SIGTERM || sig == SIGINT) break;
+    if (sig == SIGUSR1) {
+      // Liveness already says NOT_SERVING; give a probe a moment to see it,
+      // then exit non-zero so the orchestrator restarts the process.
+      const timespec linger = {1, 0};
+      nanosleep(&linger, nullptr);
+      LogError("exiting (3): a listener stopped accepting connections");
+      (*server)->Shutdown();
+      server->reset();
+      return 3;
+    }
     if (!secret_file.empty()) {
       auto fresh = LoadJoinSecret(secret_file);
       if (!fresh.ok() || fresh->empty()) {

@@ -96,6 +96,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeCredentials(
 
 // Headroom of a MergeData message beyond its payloads (header, framing).
 constexpr int64_t kMessageHeadroom = 64 << 10;
+// Idle connections (no call in flight) are closed after this.
+constexpr int64_t kMaxConnectionIdleMs = 60000;
 // Floors of the derived limits: a later Configure may grow the shape up to
 // them without a restart.
 constexpr int64_t kMinDerivedMessageBytes = int64_t{64} << 20;
@@ -290,7 +292,7 @@ absl::Status MergeServer::Init() {
   collector_->Start();
   group_->StartWatchdog();
 
-  join_guard_ = std::make_unique<AuthFailureGuard>("join secret", options_.auth_penalty);
+  join_guard_ = std::make_unique<AuthFailureGuard>("rank token", options_.auth_limits);
   join_check_ = std::make_unique<JoinSecretCheck>(options_.join_secret, join_guard_.get());
   GrpcDataPlane* plane_service = nullptr;  // MergeData: served by the gRPC plane only
   if (options_.data_plane == "nccl") {
@@ -311,16 +313,14 @@ absl::Status MergeServer::Init() {
     JoinSecretCheck* check = join_check_.get();
     auto grpc_plane = std::make_unique<GrpcDataPlane>(
         collector_.get(), group_.get(), &stats_, po,
-        [check](const grpc::CallbackServerContext& ctx, absl::Time* not_before) {
-          return check->Check(ctx, not_before);
-        });
+        [check](const grpc::CallbackServerContext& ctx) { return check->Check(ctx); });
     plane_service = grpc_plane.get();
     plane_ = std::move(grpc_plane);
   }
   control_service_ = std::make_unique<ControlService>(
       &config_, group_.get(), plane_.get(), backend_name_, options_.step_timeout,
       [this] { return Ready(); }, join_check_.get());
-  admin_service_ = std::make_unique<AdminService>(this, options_.admin_token, options_.auth_penalty);
+  admin_service_ = std::make_unique<AdminService>(this, options_.admin_token, options_.auth_limits);
   if (options_.admin_token.empty()) {
     LogWarning("no admin token (--admin_token_file or DCPMERGE_ADMIN_TOKEN): admin calls are refused");
   }
@@ -345,8 +345,7 @@ absl::Status MergeServer::Init() {
   rank_builder.SetResourceQuota(rank_quota);
   rank_builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
                                   static_cast<int>(std::min<size_t>(options_.max_streams + 64, 1 << 20)));
-  rank_builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, 60000);
-  rank_builder.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
+  LimitConnections(&rank_builder);
   rank_server_ = rank_builder.BuildAndStart();
   if (rank_server_ == nullptr || rank_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("rank_address: cannot listen on ", options_.rank_address));
@@ -357,6 +356,7 @@ absl::Status MergeServer::Init() {
   grpc::ResourceQuota admin_quota("dcpmerge-admin-listener");
   admin_quota.SetMaxThreads(options_.max_rpc_threads);
   admin_builder.SetResourceQuota(admin_quota);
+  LimitConnections(&admin_builder);
   admin_server_ = admin_builder.BuildAndStart();
   if (admin_server_ == nullptr || admin_port_ == 0) {
     return absl::UnavailableError(absl::StrCat("admin_address: cannot listen on ", options_.admin_address));
@@ -365,6 +365,7 @@ absl::Status MergeServer::Init() {
     // Only the default health service (added by the builder), no TLS.
     grpc::ServerBuilder health_builder;
     health_builder.AddListeningPort(options_.health_address, grpc::InsecureServerCredentials(), &health_port_);
+    LimitConnections(&health_builder);
     health_server_ = health_builder.BuildAndStart();
     if (health_server_ == nullptr || health_port_ == 0) {
       return absl::UnavailableError(absl::StrCat("health_address: cannot listen on ", options_.health_address));
@@ -399,6 +400,14 @@ absl::Status MergeServer::Init() {
     metrics_ = std::move(*exporter);
     metrics_port_ = metrics_->port();
   }
+  if (options_.listener_stall_timeout > absl::ZeroDuration()) {
+    std::map<std::string, int> ports = {{"rank", rank_port_}, {"admin", admin_port_}};
+    if (health_port_ != 0) ports["health"] = health_port_;
+    ListenerWatch::Options wo;
+    wo.stall_after = options_.listener_stall_timeout;
+    listener_watch_ = std::make_unique<ListenerWatch>(
+        std::move(ports), wo, [this](const std::string& name, absl::Duration waited) { OnListenerStalled(name, waited); });
+  }
   maintenance_ = std::thread([this] { MaintenanceLoop(); });
   UpdateHealth();
   LogInfo("rank listener on port %d (RankControl%s%s), admin listener on port %d, data plane %s", rank_port_,
@@ -428,20 +437,41 @@ void MergeServer::MaintenanceLoop() {
 }
 
 bool MergeServer::Ready() const {
-  // A group stalled by a limit (RESOURCE_EXHAUSTED, a saturated response
-  // queue) is not ready until the stall window has passed.
-  return config_.Current()->configured && group_->Complete() && plane_->Up() &&
-         !draining_.load() && !shut_down_.load() && !collector_->Stalled();
+  // Whether the group can merge. One rank's refused parts (a limit it hit)
+  // do not make it unready: the others' steps still complete, and taking
+  // the pod out of its Service would stop them too. Those show in
+  // dcpmerge_group_stalled and in that rank's errors; a rank dropped for
+  // them makes the group incomplete, which does.
+  return config_.Current()->configured && group_->Complete() && plane_->Up() && !draining_.load() &&
+         !shut_down_.load();
 }
 
 void MergeServer::UpdateHealth() {
   absl::MutexLock lock(&health_mu_);
-  const bool ready = Ready();
+  const bool live = !listener_stalled_.load();
+  const bool ready = live && Ready();
   for (grpc::Server* s : {rank_server_.get(), admin_server_.get(), health_server_.get()}) {
     if (s == nullptr || s->GetHealthCheckService() == nullptr) continue;
-    s->GetHealthCheckService()->SetServingStatus("", true);
+    s->GetHealthCheckService()->SetServingStatus("", live);
     s->GetHealthCheckService()->SetServingStatus(kMergeHealthService, ready);
   }
+}
+
+void MergeServer::OnListenerStalled(const std::string& name, absl::Duration waited) {
+  LogError("the %s listener has stopped accepting connections (some waited %s; the process ran out of file "
+           "descriptors?): liveness NOT_SERVING; this process must be restarted (its state file restores the scales)",
+           name, absl::FormatDuration(absl::Trunc(waited, absl::Milliseconds(1))));
+  listener_stalled_.store(true);
+  UpdateHealth();
+  if (options_.on_listener_stalled) options_.on_listener_stalled(name);
+}
+
+void MergeServer::LimitConnections(grpc::ServerBuilder* builder) const {
+  // A connection that never completes its HTTP/2 handshake, or goes idle,
+  // holds a descriptor: both are closed (docs/server.md, "Descriptors").
+  builder->AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS,
+                              static_cast<int>(absl::ToInt64Milliseconds(options_.handshake_timeout)));
+  builder->AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, static_cast<int>(kMaxConnectionIdleMs));
 }
 
 absl::StatusOr<std::shared_ptr<const ConfigSnapshot>> MergeServer::Configure(
@@ -624,6 +654,7 @@ void MergeServer::Shutdown() {
   if (health_server_ != nullptr) health_server_->Shutdown(absl::ToChronoTime(deadline));
   group_->StopWatchdog();
   stop_maintenance();
+  listener_watch_.reset();
   metrics_.reset();
   LogInfo("shutdown complete (%s)", idle ? "steps in flight finished" : "steps still in flight failed UNAVAILABLE");
 }

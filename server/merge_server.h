@@ -6,6 +6,7 @@
 #ifndef DCPMERGE_SERVER_MERGE_SERVER_H_
 #define DCPMERGE_SERVER_MERGE_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -18,12 +19,14 @@
 #include "dcpmerge/v1/admin.pb.h"
 #include "dcpmerge/v1/config.pb.h"
 #include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 #include "server/auth_guard.h"
 #include "server/compute_backend.h"
 #include "server/config_store.h"
 #include "server/data_plane.h"
 #include "server/device_memory.h"
 #include "server/group.h"
+#include "server/listener_watch.h"
 #include "server/nccl_data_plane.h"
 #include "server/stats.h"
 #include "server/step_collector.h"
@@ -108,8 +111,17 @@ struct MergeServerOptions {
   int64_t heap_retain_bytes = int64_t{256} << 20;
   // SIGTERM: steps in flight may finish within this; then UNAVAILABLE.
   absl::Duration shutdown_grace = absl::Seconds(1);
-  // Wrong admin tokens and join secrets: answer spacing and logging.
-  AuthFailureGuard::Options auth_penalty;
+  // Every listener closes a connection that has not completed its HTTP/2
+  // handshake (client preface and SETTINGS) within this.
+  absl::Duration handshake_timeout = absl::Seconds(5);
+  // A listener with connections waiting for accept() this long has stopped
+  // accepting (server/listener_watch.h): liveness goes NOT_SERVING on every
+  // listener, then on_listener_stalled runs (the binary exits non-zero so
+  // the orchestrator restarts it). 0: not watched.
+  absl::Duration listener_stall_timeout = absl::Seconds(5);
+  std::function<void(const std::string& listener)> on_listener_stalled;
+  // Wrong admin and rank tokens: rate limits and logging.
+  AuthFailureGuard::Options auth_limits;
   // Durable state (server/state_file.h): "" = off. When the file exists it
   // is restored (a corrupt one is a start-up error); when it does not, the
   // start fails unless state_missing_fresh (then it is created).
@@ -171,7 +183,8 @@ class MergeServer {
     bool state_restored = false;
   };
   LimitsSnapshot Limits() const;
-  // Readiness: configured, group complete, data plane up, not draining.
+  // Readiness: configured, group complete, data plane up, not draining
+  // (a limit refusing one rank's parts does not change it).
   bool Ready() const;
 
  private:
@@ -184,6 +197,8 @@ class MergeServer {
   absl::Status InitStateAndLimits();
   absl::Status CheckRankAddress() const;
   void UpdateHealth();
+  void OnListenerStalled(const std::string& name, absl::Duration waited);
+  void LimitConnections(grpc::ServerBuilder* builder) const;
   void MaintenanceLoop();
 
   MergeServerOptions options_;
@@ -216,6 +231,8 @@ class MergeServer {
   DeviceIdentity metrics_device_identity_;
   std::atomic<bool> draining_{false};
   std::atomic<bool> shut_down_{false};
+  std::atomic<bool> listener_stalled_{false};  // liveness NOT_SERVING from then on
+  std::unique_ptr<ListenerWatch> listener_watch_;
   absl::Mutex health_mu_;
 
   // Limits and security.

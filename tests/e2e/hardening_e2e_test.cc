@@ -3,8 +3,8 @@
 //      every step a rank sent answered (OK or UNAVAILABLE), streams end
 //      UNAVAILABLE, exit 0;
 //   5. a newline in a Join's host cannot forge a log line, a huge host
-//      cannot grow the log; wrong admin tokens are logged (rate-limited)
-//      and slowed, the right token is not;
+//      cannot grow the log; wrong admin tokens are answered at once and
+//      logged rate-limited, the right token is never delayed;
 //   6. a restarted server has its scales and its version (state file); a
 //      corrupt state file stops the start;
 //   and the limits' metrics.
@@ -236,8 +236,11 @@ TEST(HardeningE2ETest, JoinHostCannotForgeOrFloodTheLog) {
   EXPECT_LT(log.size(), 64u << 10) << "30 joins with up to 1 MiB hosts";
 }
 
-// Before: 2,000 wrong admin tokens in 0.4 s: not slowed, not logged.
-TEST(HardeningE2ETest, WrongAdminTokensAreLoggedAndSlowed) {
+// Round two: 2,000 wrong admin tokens in 0.4 s were not logged; then each
+// failure held a handler thread for its penalty (up to 2 s), which let ~70
+// wrong callers starve the listener. Now failures are answered at once and
+// logged rate-limited; the right token is never delayed.
+TEST(HardeningE2ETest, WrongAdminTokensAreAnsweredAtOnceAndLoggedRateLimited) {
   Server s = StartServer(2, {});
   ASSERT_GT(s.pid, 0) << s.Log();
   auto admin = v1::Admin::NewStub(grpc::CreateChannel(s.admin_target(), grpc::InsecureChannelCredentials()));
@@ -263,9 +266,8 @@ TEST(HardeningE2ETest, WrongAdminTokensAreLoggedAndSlowed) {
   EXPECT_LT(absl::Now() - r0, absl::Milliseconds(500));
   for (auto& t : threads) t.join();
   const absl::Duration took = absl::Now() - t0;
-  EXPECT_EQ(denied.load(), kWrong);
-  // 100 ms apart server-wide (the last ones capped at 2 s each).
-  EXPECT_GE(took, absl::Milliseconds(1800)) << "wrong tokens were not slowed";
+  EXPECT_EQ(denied.load(), kWrong) << "within the per-address burst, each is PERMISSION_DENIED";
+  EXPECT_LT(took, absl::Seconds(1)) << "no failure may hold a handler thread";
   EXPECT_EQ(Stop(s), 0);
   const std::string log = s.Log();
   int lines = 0, counted = 0;
@@ -278,7 +280,7 @@ TEST(HardeningE2ETest, WrongAdminTokensAreLoggedAndSlowed) {
     EXPECT_THAT(std::string(line), HasSubstr("PERMISSION_DENIED"));
   }
   EXPECT_EQ(counted, kWrong) << log;
-  EXPECT_LE(lines, 5) << "rate-limited to about one line a second";
+  EXPECT_LE(lines, 3) << "rate-limited to one line a second";
   EXPECT_THAT(log, Not(HasSubstr("guess-")));  // never the token itself
 }
 

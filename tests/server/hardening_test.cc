@@ -30,6 +30,7 @@
 #include "absl/time/clock.h"
 #include "base/heap.h"
 #include "base/log.h"
+#include "common/join_secret.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
 #include "dcpmerge/v1/control.grpc.pb.h"
 #include "dcpmerge/v1/data.grpc.pb.h"
@@ -150,7 +151,6 @@ class HardeningTest : public ::testing::Test {
 TEST_F(HardeningTest, RogueJoinWithoutTheSecretCannotReplaceARank) {
   MergeServerOptions o = BaseOptions();
   o.join_secret = kSecret;
-  o.auth_penalty.penalty = absl::Milliseconds(10);
   Start(o);
   auto ranks = JoinAll();
   const uint64_t session1 = ranks[1]->join_info().session_id();
@@ -230,7 +230,6 @@ TEST_F(HardeningTest, NoCredentialNoListenerBeyondLoopback) {
 TEST_F(HardeningTest, JoinSecretRotates) {
   MergeServerOptions o = BaseOptions(2);
   o.join_secret = kSecret;
-  o.auth_penalty.penalty = absl::Milliseconds(1);
   Start(o);
   auto ranks = JoinAll();
   server_->SetJoinSecret("rotated-secret");
@@ -256,7 +255,7 @@ TEST_F(HardeningTest, LyingLengthPrefixIsCutOffAtTheBufferQuota) {
     SCOPED_TRACE(prefix);
     testing::RawHttp2 h;
     ASSERT_TRUE(h.Connect(server_->rank_port()));
-    ASSERT_TRUE(h.OpenStream(1, "/dcpmerge.v1.MergeData/MergeStream", {{"authorization", Bearer(kSecret)}}));
+    ASSERT_TRUE(h.OpenStream(1, "/dcpmerge.v1.MergeData/MergeStream", {{"authorization", Bearer(RankToken(kSecret, 0))}}));
     ASSERT_TRUE(h.SendData(1, testing::RawHttp2::GrpcPrefix(prefix)));
     const std::string chunk(1 << 20, 'x');
     int sent_mib = 0;
@@ -546,8 +545,10 @@ TEST_F(HardeningTest, FreedHeapBeyondTheRetainedPoolIsReturned) {
 // Before: rank 0 sending 256+ future step ids made every rank's new steps
 // fail with RESOURCE_EXHAUSTED for the whole step timeout, while health
 // stayed SERVING. Now rank 0 is held to its quota (its own steps fail,
-// at once), the other ranks still start steps, and the stall shows in
-// readiness and the metrics.
+// at once), the other ranks still start steps, and the stall shows in the
+// metrics. Readiness stays SERVING throughout (round three: before, one
+// rank's refused parts took the pod out of its Service for ~5 s although
+// the group still merged).
 TEST_F(HardeningTest, FloodOfFutureStepsFromOneRankDoesNotStallTheGroup) {
   MergeServerOptions o = BaseOptions();
   o.step_timeout = absl::Seconds(3);
@@ -585,8 +586,9 @@ TEST_F(HardeningTest, FloodOfFutureStepsFromOneRankDoesNotStallTheGroup) {
   v1::GetConfigResponse cfg;
   ASSERT_TRUE(GetConfig(&cfg).ok());
   EXPECT_EQ(cfg.members_size(), 4) << "a burst of answers is not a rank that does not read";
-  // Stalled: readiness and the metrics say so.
-  EXPECT_EQ(testing::HealthStatus(rank_target_, kMergeHealthService), 2);
+  // Stalled: the metrics say so; readiness tells whether the group can
+  // merge, and it can.
+  EXPECT_EQ(testing::HealthStatus(rank_target_, kMergeHealthService), 1);
   EXPECT_TRUE(server_->Limits().stalled);
   // The others still start steps; every rank's steps complete.
   for (uint64_t step = 1; step <= 3; ++step) {
@@ -603,6 +605,7 @@ TEST_F(HardeningTest, FloodOfFutureStepsFromOneRankDoesNotStallTheGroup) {
     res[0] = ranks[0]->Merge(step, 0, 4, q.out.data(), q.out.size(), q.lse.data(), q.lse.size());
     for (auto& t : th) t.join();
     for (int r = 0; r < 4; ++r) EXPECT_TRUE(res[r].ok()) << "step " << step << " rank " << r << ": " << res[r].status();
+    EXPECT_EQ(testing::HealthStatus(rank_target_, kMergeHealthService), 1) << "step " << step;
   }
   ctx.TryCancel();
   flood->Finish();
