@@ -55,8 +55,12 @@ fail=0
 DCPMERGE_ADMIN_TOKEN=tok-verify dcpmergectl health || fail=1
 DCPMERGE_ADMIN_TOKEN=tok-verify dcpmergectl get-config || fail=1
 DCPMERGE_ADMIN_TOKEN=wrong dcpmergectl get-config; [ $? = 1 ] || fail=1
-# The rank port (0.0.0.0 in the image) takes the join secret, and only it.
+# The rank port (0.0.0.0 in the image) takes rank tokens of the join
+# secret, each for its own rank only.
 dcpmergectl --server=127.0.0.1:50051 check-join --join_secret_file=/tmp/join || fail=1
+dcpmergectl rank-token --rank=1 --join_secret_file=/tmp/join > /tmp/rank-1 || fail=1
+dcpmergectl --server=127.0.0.1:50051 check-join --join_secret_file=/tmp/rank-1 || fail=1
+dcpmergectl --server=127.0.0.1:50051 check-join --join_secret_file=/tmp/rank-1 --rank=0; [ $? = 1 ] || fail=1
 DCPMERGE_JOIN_SECRET=wrong dcpmergectl --server=127.0.0.1:50051 check-join; [ $? = 1 ] || fail=1
 kill -TERM "$pid"; wait "$pid"; [ $? = 0 ] || fail=1
 [ $fail = 0 ] && echo "image smoke test: PASS" || { echo "image smoke test: FAIL"; exit 1; }

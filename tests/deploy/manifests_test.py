@@ -1074,6 +1074,43 @@ class ManifestTest(unittest.TestCase):
             mounts = {m["mountPath"] for c in containers(pod) for m in c.get("volumeMounts", [])}
             self.assertIn("/dev/shm", mounts, f)
 
+    # ------------------------------------------------ rank credentials ---
+    def secret_file(self, where, spec, container, var):
+        """The Secret volume source holding the file that `var` names, and
+        the file's name."""
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        self.assertIn(var, env, where)
+        directory, _, base = env[var].rpartition("/")
+        mount = next((m for m in container.get("volumeMounts", []) if m["mountPath"].rstrip("/") == directory), None)
+        self.assertIsNotNone(mount, f"{where}: {var} not mounted")
+        vol = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+        self.assertIn("secret", vol, f"{where}: {var} must come from a Secret")
+        return vol["secret"], base
+
+    def test_each_rank_mounts_only_its_own_token(self):
+        """The server holds the group's join secret; a rank pod holds its own
+        rank token only (key rank-<DCPMERGE_RANK> of its group's rank-token
+        Secret, which has one key per rank of the group), never the secret."""
+        for o, docs in self.everything.items():
+            source, _ = self.secret_file(o, self.spec(docs), self.container(docs), "DCPMERGE_JOIN_SECRET_FILE")
+            self.assertEqual([it["key"] for it in source.get("items", [])], ["secret"], o)
+        secrets = {d["metadata"]["name"]: d for d in load_docs(os.path.join(K8S, "examples", "secrets.example.yaml"))}
+        for f, overlay in {"rank-config.yaml": "group-a", "rank-nccl.yaml": "group-c-nccl"}.items():
+            pod = next(d for d in self.examples[f] if d["kind"] == "Pod")
+            c = containers(pod)[0]
+            rank = int(next(e["value"] for e in c["env"] if e["name"] == "DCPMERGE_RANK"))
+            source, base = self.secret_file(f, pod["spec"], c, "DCPMERGE_JOIN_SECRET_FILE")
+            self.assertEqual(source.get("items"), [{"key": f"rank-{rank}", "path": base}],
+                             f"{f}: mount rank {rank}'s token and nothing else")
+            tokens = secrets[source["secretName"]]
+            world = int(self.config(self.rendered[overlay])["DCPMERGE_WORLD_SIZE"])
+            self.assertEqual(set(tokens.get("stringData", {})) | set(tokens.get("data", {})),
+                             {f"rank-{r}" for r in range(world)}, f"{f}: one token per rank of the group")
+            for v in pod["spec"]["volumes"]:
+                if "secret" in v:
+                    held = secrets[v["secret"]["secretName"]]
+                    self.assertNotIn("secret", held.get("stringData", {}), f"{f}: a rank holds the group secret")
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
