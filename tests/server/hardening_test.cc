@@ -37,6 +37,7 @@
 #include "gmock/gmock.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "server/grpc_data_plane.h"
 #include "server/merge_server.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"
@@ -725,6 +726,200 @@ TEST_F(HardeningTest, RestartRestoresScalesAndTheVersionContinues) {
     EXPECT_THAT(std::string(s.status().message()), HasSubstr(path));
   }
   std::remove(path.c_str());
+}
+
+// ------------------------------------------------------ round three: ranks
+
+// A raw Heartbeat or Leave as `rank` with credential `bearer`.
+grpc::Status RawControl(const std::string& target, bool leave, int32_t rank, uint64_t session,
+                        const std::string& bearer) {
+  auto stub = v1::RankControl::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", bearer);
+  if (leave) {
+    v1::LeaveRequest req;
+    req.set_rank(rank);
+    req.set_session_id(session);
+    v1::LeaveResponse resp;
+    return stub->Leave(&ctx, req, &resp);
+  }
+  v1::HeartbeatRequest req;
+  req.set_rank(rank);
+  req.set_session_id(session);
+  v1::HeartbeatResponse resp;
+  return stub->Heartbeat(&ctx, req, &resp);
+}
+
+// One MergeRequest: rank's part of `step` (T = 4), for its session.
+v1::MergeRequest PartRequest(int32_t rank, uint64_t session, uint64_t step) {
+  const testing::PartData p = testing::MakePart(3, step, rank, 4, kH, kD);
+  v1::MergeRequest req;
+  req.mutable_header()->set_step(step);
+  req.mutable_header()->set_num_tokens(4);
+  req.mutable_header()->set_rank(rank);
+  req.mutable_header()->set_session_id(session);
+  req.set_partial_out(p.out);
+  req.set_lse(p.lse.data(), p.lse.size() * 4);
+  return req;
+}
+
+// Before: one secret per group, so whoever held it could act as any rank.
+// Now rank 1's token cannot join (with or without replace_existing),
+// heartbeat, leave or stream as rank 2, and the group secret itself is not
+// a rank credential on the wire.
+TEST_F(HardeningTest, ARankTokenActsForItsOwnRankOnly) {
+  MergeServerOptions o = BaseOptions();
+  o.join_secret = kSecret;
+  Start(o);
+  auto ranks = JoinAll();  // the clients derive their tokens from the secret
+  const uint64_t session2 = ranks[2]->join_info().session_id();
+  const std::string token1 = RankToken(kSecret, 1);
+  for (bool replace : {false, true}) {
+    const absl::Status st = Client(2, token1, replace)->Join();
+    EXPECT_EQ(st.code(), absl::StatusCode::kPermissionDenied) << st;
+    EXPECT_THAT(std::string(st.message()), HasSubstr("for rank 1, not rank 2"));
+  }
+  for (bool leave : {false, true}) {
+    const grpc::Status st = RawControl(rank_target_, leave, 2, session2, Bearer(token1));
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::PERMISSION_DENIED) << st.error_message();
+  }
+  const grpc::Status raw_secret = RawControl(rank_target_, false, 2, session2, Bearer(kSecret));
+  EXPECT_EQ(raw_secret.error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_THAT(raw_secret.error_message(), HasSubstr("not a rank token"));
+  // A stream with rank 1's token sending rank 2's part: refused per part,
+  // never bound to rank 2.
+  {
+    auto stub = v1::MergeData::NewStub(grpc::CreateChannel(rank_target_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", Bearer(token1));
+    auto stream = stub->MergeStream(&ctx);
+    ASSERT_TRUE(stream->Write(PartRequest(2, session2, 1)));
+    v1::MergeResponse resp;
+    ASSERT_TRUE(stream->Read(&resp));
+    EXPECT_EQ(resp.status_code(), static_cast<int>(absl::StatusCode::kPermissionDenied));
+    EXPECT_THAT(resp.status_message(), HasSubstr("for rank 1, not rank 2"));
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
+  // Rank 2 keeps its session; the group merges.
+  v1::GetConfigResponse cfg;
+  ASSERT_TRUE(GetConfig(&cfg).ok());
+  ASSERT_EQ(cfg.members_size(), 4);
+  for (const v1::Member& m : cfg.members()) {
+    if (m.rank() == 2) EXPECT_EQ(m.session_id(), session2);
+  }
+  for (auto& r : Step(ranks, 1)) EXPECT_TRUE(r.ok()) << r.status();
+  // Rank 2's own token still replaces rank 2 (a restarted rank process).
+  EXPECT_TRUE(Client(2, RankToken(kSecret, 2), /*replace=*/true)->Join().ok());
+}
+
+// Before: the secret's holder could open every one of max_streams before
+// the ranks joined. Now one rank's token holds at most kMaxStreamsPerRank;
+// the other ranks still open theirs.
+TEST_F(HardeningTest, OneRankTokenCannotTakeTheListenersStreams) {
+  MergeServerOptions o = BaseOptions();
+  o.join_secret = kSecret;
+  Start(o);
+  auto stub = v1::MergeData::NewStub(grpc::CreateChannel(rank_target_, grpc::InsecureChannelCredentials()));
+  struct Open {
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::MergeRequest, v1::MergeResponse>> rw;
+  };
+  auto open = [&](int32_t rank) {
+    auto s = std::make_unique<Open>();
+    s->ctx.AddMetadata("authorization", Bearer(RankToken(kSecret, rank)));
+    s->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    s->rw = stub->MergeStream(&s->ctx);
+    return s;
+  };
+  std::vector<std::unique_ptr<Open>> held;
+  for (size_t i = 0; i < GrpcDataPlane::kMaxStreamsPerRank; ++i) held.push_back(open(0));
+  absl::SleepFor(absl::Milliseconds(200));  // the server has registered them
+  auto extra = open(0);
+  v1::MergeResponse resp;
+  EXPECT_FALSE(extra->rw->Read(&resp));
+  const grpc::Status refused = extra->rw->Finish();
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(refused.error_message(), HasSubstr("max_streams: rank 0 already has 4"));
+  auto other = open(1);
+  held.push_back(std::move(other));
+  // Every held stream was accepted: each ends at its deadline, not refused.
+  for (auto& s : held) {
+    EXPECT_FALSE(s->rw->Read(&resp));
+    EXPECT_EQ(s->rw->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+}
+
+// Before: a stream reset the server did not notice left its rank a member,
+// health SERVING, and every later step waiting the 5 s step timeout for it.
+// Now any end of a bound stream other than a half-close drops the rank at
+// once: the step waiting for it fails UNAVAILABLE naming it within 100 ms,
+// and a rejoin restores service. Both ways a stream dies: RST_STREAM from
+// the client, and a TCP reset of its connection.
+TEST_F(HardeningTest, AResetStreamDropsItsRankAtOnce) {
+  for (const bool tcp_reset : {false, true}) {
+    SCOPED_TRACE(tcp_reset ? "TCP reset" : "RST_STREAM");
+    MergeServerOptions o = BaseOptions();
+    o.join_secret = kSecret;
+    o.step_timeout = absl::Seconds(5);
+    Start(o);
+    auto ranks = JoinAll();
+    const uint64_t session0 = ranks[0]->join_info().session_id();
+    // Rank 0 steps on a stream of its own, bound by its part of step 1.
+    const std::string request = PartRequest(0, session0, 1).SerializeAsString();
+    testing::RawHttp2 raw;
+    auto stub = v1::MergeData::NewStub(grpc::CreateChannel(rank_target_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    std::unique_ptr<grpc::ClientReaderWriter<v1::MergeRequest, v1::MergeResponse>> rw;
+    if (tcp_reset) {
+      ASSERT_TRUE(raw.Connect(server_->rank_port()));
+      ASSERT_TRUE(raw.OpenStream(1, "/dcpmerge.v1.MergeData/MergeStream",
+                                 {{"authorization", Bearer(RankToken(kSecret, 0))}}));
+      ASSERT_TRUE(raw.SendData(1, testing::RawHttp2::GrpcPrefix(static_cast<uint32_t>(request.size())) + request));
+    } else {
+      ctx.AddMetadata("authorization", Bearer(RankToken(kSecret, 0)));
+      rw = stub->MergeStream(&ctx);
+      ASSERT_TRUE(rw->Write(PartRequest(0, session0, 1)));
+    }
+    std::vector<std::unique_ptr<RankClient>> others;
+    for (int r = 1; r < 4; ++r) others.push_back(std::move(ranks[r]));
+    for (auto& r : Step(others, 1)) ASSERT_TRUE(r.ok()) << r.status();
+    // Step 2: ranks 1..3 wait for rank 0, whose stream then dies.
+    std::vector<absl::Time> ended(3);
+    std::vector<absl::Status> result(3);
+    std::vector<std::thread> th;
+    for (int i = 0; i < 3; ++i) {
+      th.emplace_back([&, i] {
+        const testing::PartData p = testing::MakePart(3, 2, i + 1, 4, kH, kD);
+        result[i] = others[i]->Merge(2, 0, 4, p.out.data(), p.out.size(), p.lse.data(), p.lse.size()).status();
+        ended[i] = absl::Now();
+      });
+    }
+    absl::SleepFor(absl::Milliseconds(300));
+    const absl::Time reset_at = absl::Now();
+    if (tcp_reset) {
+      raw.Reset();
+    } else {
+      ctx.TryCancel();
+    }
+    for (auto& t : th) t.join();
+    for (int i = 0; i < 3; ++i) {
+      EXPECT_EQ(result[i].code(), absl::StatusCode::kUnavailable) << result[i];
+      EXPECT_THAT(std::string(result[i].message()), HasSubstr("rank 0 lost"));
+      EXPECT_LT(ended[i] - reset_at, absl::Milliseconds(100)) << "rank " << i + 1;
+    }
+    v1::GetConfigResponse cfg;
+    ASSERT_TRUE(GetConfig(&cfg).ok());
+    EXPECT_EQ(cfg.members_size(), 3);
+    EXPECT_EQ(testing::HealthStatus(rank_target_, kMergeHealthService), 2) << "a member is lost: not ready";
+    if (rw != nullptr) rw->Finish();
+    // Rank 0 joins again; the group merges.
+    ASSERT_TRUE(ranks[0]->Join().ok());
+    others.insert(others.begin(), std::move(ranks[0]));
+    ASSERT_TRUE(others[0]->WaitForGroupReady(absl::Seconds(5)).ok());
+    for (auto& r : Step(others, 3)) EXPECT_TRUE(r.ok()) << r.status();
+    server_.reset();
+  }
 }
 
 }  // namespace

@@ -77,6 +77,15 @@ class RawHttp2 {
     fd_ = -1;
   }
 
+  // Closes with a TCP reset (SO_LINGER 0): the peer vanishing mid-stream.
+  void Reset() {
+    if (fd_ >= 0) {
+      const linger abort_on_close{1, 0};
+      setsockopt(fd_, SOL_SOCKET, SO_LINGER, &abort_on_close, sizeof(abort_on_close));
+    }
+    Close();
+  }
+
   // Opens stream `id` (odd, increasing): a gRPC POST to `path` with extra
   // headers (e.g. {"authorization", "Bearer x"}).
   bool OpenStream(uint32_t id, const std::string& path,
