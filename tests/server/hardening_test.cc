@@ -25,6 +25,7 @@
 #include <tuple>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -54,6 +55,18 @@ using testing::AdminCall;
 constexpr char kToken[] = "hardening-admin-token";
 constexpr char kSecret[] = "group-join-secret-0123456789";
 constexpr int kH = 2, kD = 64;
+
+int64_t RssBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    int64_t kib = 0;
+    if (line.rfind("VmRSS:", 0) == 0 && absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(6, line.size() - 9)), &kib)) {
+      return kib << 10;
+    }
+  }
+  return -1;
+}
 
 int ThreadCount() {
   std::ifstream in("/proc/self/status");
@@ -920,6 +933,76 @@ TEST_F(HardeningTest, AResetStreamDropsItsRankAtOnce) {
     for (auto& r : Step(others, 3)) EXPECT_TRUE(r.ok()) << r.status();
     server_.reset();
   }
+}
+
+// A lying length prefix from a client holding rank 0's token, sent within
+// the flow-control windows gRPC grants, while the group steps. gRPC 1.51
+// buffers it against the listener's memory quota, shared by every stream,
+// and then resets streams of its choosing with ENHANCE_YOUR_CALM, other
+// ranks' too (measured: ~260 MiB buffered, then the legitimate streams
+// reset). The server cannot refuse at the prefix (docs/server.md, "The
+// length prefix"). Before: those resets went unnoticed and every later step
+// waited the 5 s step timeout. Now each reset drops its rank at once: every
+// part fails fast, and the ranks join again and merge.
+TEST_F(HardeningTest, LyingPrefixResetsAreSeenAtOnceAndTheGroupRecovers) {
+  MergeServerOptions o = BaseOptions();
+  o.join_secret = kSecret;
+  o.step_timeout = absl::Seconds(5);
+  Start(o);
+  auto ranks = JoinAll();
+  std::atomic<bool> stop{false};
+  std::atomic<int> parts_ok{0}, parts_failed{0};
+  absl::Mutex mu;
+  absl::Duration slowest_failure;
+  std::string first_failure;
+  std::thread stepper([&] {
+    for (uint64_t step = 1; step < 100000 && !stop.load(); ++step) {
+      const absl::Time t0 = absl::Now();
+      for (auto& r : Step(ranks, step)) {
+        if (r.ok()) {
+          ++parts_ok;
+          continue;
+        }
+        ++parts_failed;
+        absl::MutexLock lock(&mu);
+        slowest_failure = std::max(slowest_failure, absl::Now() - t0);
+        if (first_failure.empty()) first_failure = r.status().ToString();
+      }
+      if (parts_failed.load() > 0) break;  // the group is broken until the ranks join again
+    }
+  });
+  const int64_t rss_before = RssBytes();
+  testing::RawHttp2 h;
+  ASSERT_TRUE(h.Connect(server_->rank_port()));
+  ASSERT_TRUE(h.OpenStream(1, "/dcpmerge.v1.MergeData/MergeStream", {{"authorization", Bearer(RankToken(kSecret, 0))}}));
+  ASSERT_TRUE(h.SendData(1, testing::RawHttp2::GrpcPrefix(0x7FFFFFFFu)));
+  const uint64_t sent = h.SendWithinWindow(1, uint64_t{1} << 30, absl::Seconds(2));
+  const testing::RawHttp2::StreamEnd end = h.WaitStreamEnd(1, absl::Seconds(2));
+  const int64_t rss_growth = RssBytes() - rss_before;
+  h.Close();
+  absl::SleepFor(absl::Milliseconds(300));
+  stop = true;
+  stepper.join();
+  std::printf("2 GiB - 1 prefix: %.1f MiB sent within the windows granted, then %s; server RSS %+.1f MiB; "
+              "legitimate parts %d ok, %d failed (slowest failure %s: %s)\n",
+              sent / 1048576.0, end.Describe().c_str(), rss_growth / 1048576.0, parts_ok.load(), parts_failed.load(),
+              absl::FormatDuration(slowest_failure).c_str(), first_failure.c_str());
+  EXPECT_LT(sent, uint64_t{1} << 30) << "gRPC's memory quota must cut the stream";
+  EXPECT_LT(rss_growth, o.max_buffered_bytes > 0 ? 2 * o.max_buffered_bytes : int64_t{600} << 20);
+  EXPECT_LT(slowest_failure, absl::Seconds(1)) << "a reset stream must fail its steps at once: " << first_failure;
+  // Whoever was dropped joins again; the group merges.
+  v1::GetConfigResponse cfg;
+  ASSERT_TRUE(GetConfig(&cfg).ok());
+  std::set<int32_t> members;
+  for (const v1::Member& m : cfg.members()) members.insert(m.rank());
+  std::printf("members after the attack: %zu of 4\n", members.size());
+  for (int r = 0; r < 4; ++r) {
+    if (members.count(r) == 0) {
+      ASSERT_TRUE(ranks[r]->Join().ok()) << r;
+    }
+  }
+  ASSERT_TRUE(ranks[0]->WaitForGroupReady(absl::Seconds(10)).ok());
+  for (auto& r : Step(ranks, 1000000)) EXPECT_TRUE(r.ok()) << r.status();
 }
 
 }  // namespace

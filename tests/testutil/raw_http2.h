@@ -113,9 +113,38 @@ class RawHttp2 {
       const size_t n = std::min<size_t>(16384, bytes.size() - off);
       const bool last = off + n == bytes.size();
       if (!SendFrame(kData, last && end_stream ? 0x1 : 0, id, bytes.substr(off, n))) return false;
+      conn_window_ -= static_cast<int64_t>(n);
+      stream_sent_[id] += static_cast<int64_t>(n);
       off += n;
     } while (off < bytes.size());
     return true;
+  }
+
+  // Sends up to `bytes` on stream `id` as a well-behaved peer would: never
+  // beyond the flow-control windows the server has granted, reading its
+  // WINDOW_UPDATEs meanwhile. Stops when the stream or connection ends or
+  // no window opens for `stall`; returns the bytes sent.
+  uint64_t SendWithinWindow(uint32_t id, uint64_t bytes, absl::Duration stall) {
+    const std::string chunk(16384, 'x');
+    uint64_t sent = 0;
+    while (sent < bytes && !closed_ && !goaway_) {
+      if (ends_.count(id) && (ends_[id].reset || ends_[id].ended)) break;
+      const int64_t window = std::min(conn_window_, StreamWindow(id));
+      if (window <= 0) {
+        const absl::Time deadline = absl::Now() + stall;
+        while (std::min(conn_window_, StreamWindow(id)) <= 0 && absl::Now() < deadline && !closed_) {
+          ReadFrame(deadline);
+        }
+        if (std::min(conn_window_, StreamWindow(id)) <= 0) break;
+        continue;
+      }
+      const size_t n = static_cast<size_t>(std::min<uint64_t>({chunk.size(), static_cast<uint64_t>(window), bytes - sent}));
+      if (!SendFrame(kData, 0, id, chunk.substr(0, n))) break;
+      conn_window_ -= static_cast<int64_t>(n);
+      stream_sent_[id] += static_cast<int64_t>(n);
+      sent += n;
+    }
+    return sent;
   }
 
   // A gRPC message prefix: not compressed, big-endian length.
@@ -236,6 +265,13 @@ class RawHttp2 {
     buf_.erase(0, 9 + len);
     switch (type) {
       case kSettings:
+        for (size_t i = 0; i + 6 <= payload.size(); i += 6) {
+          if (payload[i] == 0 && payload[i + 1] == 0x4) {  // SETTINGS_INITIAL_WINDOW_SIZE
+            initial_window_ = (static_cast<uint8_t>(payload[i + 2]) << 24) |
+                              (static_cast<uint8_t>(payload[i + 3]) << 16) |
+                              (static_cast<uint8_t>(payload[i + 4]) << 8) | static_cast<uint8_t>(payload[i + 5]);
+          }
+        }
         if (!(flags & 0x1)) SendFrame(kSettings, 0x1, 0, "");
         break;
       case kPing:
@@ -243,6 +279,14 @@ class RawHttp2 {
         break;
       case kGoaway:
         goaway_ = true;
+        break;
+      case kWindowUpdate:
+        if (payload.size() >= 4) {
+          const int64_t inc = ((static_cast<uint8_t>(payload[0]) & 0x7F) << 24) |
+                              (static_cast<uint8_t>(payload[1]) << 16) | (static_cast<uint8_t>(payload[2]) << 8) |
+                              static_cast<uint8_t>(payload[3]);
+          (stream == 0 ? conn_window_ : stream_granted_[stream]) += inc;
+        }
         break;
       case kRst:
         ends_[stream].reset = true;
@@ -385,6 +429,12 @@ class RawHttp2 {
   bool closed_ = false;
   bool goaway_ = false;
   std::map<uint32_t, StreamEnd> ends_;
+  // Flow control as the server grants it (RFC 9113 section 6.9).
+  int64_t StreamWindow(uint32_t id) { return initial_window_ + stream_granted_[id] - stream_sent_[id]; }
+  int64_t conn_window_ = 65535;
+  int64_t initial_window_ = 65535;
+  std::map<uint32_t, int64_t> stream_granted_;
+  std::map<uint32_t, int64_t> stream_sent_;
   uint32_t header_stream_ = 0;
   bool header_end_stream_ = false;
   std::string header_block_;
