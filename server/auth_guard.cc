@@ -117,11 +117,14 @@ absl::Status CheckTokenRank(int32_t token_rank, int32_t rank) {
       absl::StrCat("authorization: this rank token is for rank ", token_rank, ", not rank ", rank));
 }
 
-JoinSecretCheck::JoinSecretCheck(std::string secret, AuthFailureGuard* guard)
-    : guard_(guard), secret_(std::move(secret)) {}
+JoinSecretCheck::JoinSecretCheck(std::string secret, AuthFailureGuard* guard, absl::Duration grace)
+    : guard_(guard), grace_(grace), secret_(std::move(secret)) {}
 
 void JoinSecretCheck::Set(std::string secret) {
   absl::MutexLock lock(&mu_);
+  if (secret == secret_) return;
+  previous_ = std::move(secret_);
+  previous_until_ = absl::Now() + grace_;
   secret_ = std::move(secret);
 }
 
@@ -131,10 +134,11 @@ bool JoinSecretCheck::enabled() const {
 }
 
 absl::StatusOr<int32_t> JoinSecretCheck::Check(const grpc::ServerContextBase& context) {
-  std::string secret;
+  std::string secret, previous;
   {
     absl::MutexLock lock(&mu_);
     secret = secret_;
+    if (absl::Now() < previous_until_) previous = previous_;
   }
   if (secret.empty()) return kAnyRank;
   const auto& md = context.client_metadata();
@@ -150,6 +154,10 @@ absl::StatusOr<int32_t> JoinSecretCheck::Check(const grpc::ServerContextBase& co
       st = grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "authorization: not a bearer rank token");
     } else {
       absl::StatusOr<int32_t> rank = VerifyRankToken(secret, value);
+      if (!rank.ok() && !previous.empty()) {
+        // Within the rotation's grace: the previous secret's tokens pass.
+        if (absl::StatusOr<int32_t> old = VerifyRankToken(previous, value); old.ok()) rank = old;
+      }
       if (rank.ok()) return *rank;
       st = ToGrpcStatus(rank.status());
     }

@@ -85,13 +85,15 @@ class AuthFailureGuard {
 // every RankControl call and MergeData stream, verified against the group's
 // join secret. No secret configured: every call passes for any rank (the
 // server then refuses to listen beyond loopback unless told it may, see
-// MergeServerOptions). Rotated with Set().
+// MergeServerOptions). Rotated with Set(): tokens of the previous secret
+// stay valid for the grace period, so ranks can be given their new tokens
+// one by one without the group dropping.
 class JoinSecretCheck {
  public:
   // The rank any caller may act as when no secret is configured.
   static constexpr int32_t kAnyRank = -1;
 
-  JoinSecretCheck(std::string secret, AuthFailureGuard* guard);
+  JoinSecretCheck(std::string secret, AuthFailureGuard* guard, absl::Duration grace = absl::ZeroDuration());
   void Set(std::string secret);
   bool enabled() const;
   // The rank the caller's token was issued for (kAnyRank without a
@@ -105,8 +107,11 @@ class JoinSecretCheck {
 
  private:
   AuthFailureGuard* const guard_;
+  const absl::Duration grace_;
   mutable absl::Mutex mu_;
   std::string secret_ ABSL_GUARDED_BY(mu_);
+  std::string previous_ ABSL_GUARDED_BY(mu_);  // valid until previous_until_
+  absl::Time previous_until_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
 };
 
 // "rank token is for rank A, not rank B" (PERMISSION_DENIED) unless

@@ -104,6 +104,8 @@ ABSL_FLAG(int32_t, max_layers, 4096, "Layer ids 0..max_layers-1 on every API (an
 ABSL_FLAG(int64_t, heap_retain_bytes, int64_t{256} << 20,
           "Freed heap memory kept for reuse; beyond, it is returned to the kernel");
 ABSL_FLAG(int64_t, shutdown_grace_ms, 1000, "SIGTERM: steps in flight may finish within this, then UNAVAILABLE");
+ABSL_FLAG(int64_t, join_secret_grace_ms, 600000,
+          "After the join secret file changes, the previous secret's rank tokens stay valid this long");
 ABSL_FLAG(int64_t, handshake_timeout_ms, 5000,
           "Close a connection that has not completed its HTTP/2 handshake within this (every listener)");
 ABSL_FLAG(int64_t, listener_stall_timeout_ms, 5000,
@@ -221,6 +223,7 @@ int Run() {
     return 2;
   }
   o.join_secret = *secret;
+  o.join_secret_grace = absl::Milliseconds(std::max<int64_t>(0, absl::GetFlag(FLAGS_join_secret_grace_ms)));
   o.allow_insecure_rank_address = absl::GetFlag(FLAGS_allow_insecure_rank_address);
   o.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   o.max_buffered_bytes = absl::GetFlag(FLAGS_max_buffered_bytes);

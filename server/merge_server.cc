@@ -293,7 +293,7 @@ absl::Status MergeServer::Init() {
   group_->StartWatchdog();
 
   join_guard_ = std::make_unique<AuthFailureGuard>("rank token", options_.auth_limits);
-  join_check_ = std::make_unique<JoinSecretCheck>(options_.join_secret, join_guard_.get());
+  join_check_ = std::make_unique<JoinSecretCheck>(options_.join_secret, join_guard_.get(), options_.join_secret_grace);
   GrpcDataPlane* plane_service = nullptr;  // MergeData: served by the gRPC plane only
   if (options_.data_plane == "nccl") {
     NcclDataPlaneOptions no = options_.nccl;

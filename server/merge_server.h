@@ -73,10 +73,13 @@ struct MergeServerOptions {
   std::string health_address;
 
   // ---- Limits and security (docs/server.md, "Limits and security").
-  // The rank plane's credential: every RankControl call and MergeData
-  // stream must carry it (common/join_secret.h). Rotated with
-  // SetJoinSecret. "" = none.
+  // The rank plane's credential: the group secret the rank tokens derive
+  // from; every RankControl call and MergeData stream carries its rank's
+  // token (common/join_secret.h). Rotated with SetJoinSecret, after which
+  // the previous secret's tokens stay valid for join_secret_grace. "" =
+  // none.
   std::string join_secret;
+  absl::Duration join_secret_grace = absl::Minutes(10);
   // Without a join secret or mutual TLS (tls_client_ca_file), a rank_address
   // beyond loopback is refused at start unless this is set.
   bool allow_insecure_rank_address = false;
@@ -164,10 +167,11 @@ class MergeServer {
   v1::DrainResponse Drain(absl::Duration timeout);
   // Replaces the admin bearer token (rotation without a restart).
   void SetAdminToken(const std::string& token);
-  // Replaces the join secret (rotation without a restart). Sessions already
-  // joined stay; every later call must carry the new one. An empty secret
-  // is ignored when one is set (a rotation in progress never opens the
-  // rank plane).
+  // Replaces the join secret (rotation without a restart). Tokens of the
+  // previous secret stay valid for join_secret_grace (give the ranks their
+  // new tokens meanwhile); after it, calls with them are refused. An empty
+  // secret is ignored when one is set (a rotation in progress never opens
+  // the rank plane).
   void SetJoinSecret(const std::string& secret);
 
   // The limits in force, their use and their refusals (metrics, tests).

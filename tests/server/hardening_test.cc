@@ -244,10 +244,16 @@ TEST_F(HardeningTest, NoCredentialNoListenerBeyondLoopback) {
 TEST_F(HardeningTest, JoinSecretRotates) {
   MergeServerOptions o = BaseOptions(2);
   o.join_secret = kSecret;
+  o.join_secret_grace = absl::Milliseconds(500);
   Start(o);
   auto ranks = JoinAll();
   server_->SetJoinSecret("rotated-secret");
   server_->SetJoinSecret("");  // an empty file during a rotation keeps the current one
+  // Within the grace the old tokens still work: the group keeps merging
+  // while its ranks get their new tokens.
+  for (auto& r : Step(ranks, 1)) EXPECT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(Client(1, kSecret, true)->Join().ok());
+  absl::SleepFor(absl::Milliseconds(600));
   EXPECT_EQ(Client(1, kSecret, true)->Join().code(), absl::StatusCode::kPermissionDenied);
   auto fresh = Client(1, "rotated-secret", true);
   EXPECT_TRUE(fresh->Join().ok());
