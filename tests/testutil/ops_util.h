@@ -129,26 +129,38 @@ struct ServerProc {
   int rank_port = 0;
   int admin_port = 0;
   int metrics_port = 0;
+  int health_port = 0;  // 0 without --health_address
   std::string rank_target() const { return absl::StrCat("127.0.0.1:", rank_port); }
   std::string admin_target() const { return absl::StrCat("127.0.0.1:", admin_port); }
+  std::string health_target() const { return absl::StrCat("127.0.0.1:", health_port); }
 };
+
+// A launcher for StartServer: the server runs with its open-file limit,
+// soft and hard, lowered to `n` (as a container runtime may set it).
+inline std::vector<std::string> WithOpenFileLimit(int n) {
+  return {"/bin/sh", "-c", absl::StrCat("ulimit -n ", n, " && exec \"$0\" \"$@\"")};
+}
 
 // Starts //server:dcpmerge_server on loopback ports chosen by the kernel and
 // waits (up to 30 s) for its ready file. pid stays -1 on failure.
 // `err_file`: the server's stderr (its log) goes there ("" keeps ours).
+// `launcher`: a command that execs the server (its path and flags follow as
+// arguments; e.g. WithOpenFileLimit), so pid is still the server's.
 inline ServerProc StartServer(const std::vector<std::string>& extra_args, const std::vector<std::string>& env,
-                              const std::string& err_file = "") {
+                              const std::string& err_file = "", const std::vector<std::string>& launcher = {}) {
   ServerProc s;
   const std::string ready = TmpPath("ready");
-  std::vector<std::string> argv = {Runfile("server/dcpmerge_server"), "--rank_address=127.0.0.1:0",
-                                   "--admin_address=127.0.0.1:0", "--backend=cpu", "--quiet",
-                                   absl::StrCat("--ready_file=", ready)};
+  std::vector<std::string> argv = launcher;
+  argv.insert(argv.end(), {Runfile("server/dcpmerge_server"), "--rank_address=127.0.0.1:0",
+                           "--admin_address=127.0.0.1:0", "--backend=cpu", "--quiet",
+                           absl::StrCat("--ready_file=", ready)});
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
   const pid_t pid = Spawn(argv, env, "", err_file);
   const absl::Time deadline = absl::Now() + absl::Seconds(30);
   while (absl::Now() < deadline) {
     std::ifstream in(ready);
     if (in >> s.rank_port >> s.admin_port >> s.metrics_port) {
+      in >> s.health_port;
       s.pid = pid;
       return s;
     }
