@@ -39,7 +39,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
   return diff == 0;
 }
 
-grpc::Status CheckAdminToken(const grpc::ServerContext& context,
+grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
                              const std::string& token) {
   if (token.empty()) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
@@ -72,7 +72,7 @@ std::string TokenFingerprint(absl::string_view token) {
   return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(md), 4));
 }
 
-absl::string_view PresentedBearerToken(const grpc::ServerContext& context) {
+absl::string_view PresentedBearerToken(const grpc::ServerContextBase& context) {
   const auto& md = context.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return "";

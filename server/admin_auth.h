@@ -21,7 +21,7 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b);
 
 // Checks "authorization: Bearer <token>" metadata: missing or not a bearer
 // token -> UNAUTHENTICATED, wrong token -> PERMISSION_DENIED.
-grpc::Status CheckAdminToken(const grpc::ServerContext& context,
+grpc::Status CheckAdminToken(const grpc::ServerContextBase& context,
                              const std::string& token);
 
 // A token's fingerprint for logs: the first 8 hex digits of its SHA-256
@@ -30,7 +30,7 @@ grpc::Status CheckAdminToken(const grpc::ServerContext& context,
 std::string TokenFingerprint(absl::string_view token);
 
 // The bearer token a call presents ("" when there is none).
-absl::string_view PresentedBearerToken(const grpc::ServerContext& context);
+absl::string_view PresentedBearerToken(const grpc::ServerContextBase& context);
 
 }  // namespace dcpmerge
 

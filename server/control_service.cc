@@ -17,16 +17,6 @@ ControlService::ControlService(ConfigStore* config, Group* group, DataPlane* pla
       ready_(std::move(ready)),
       auth_(auth) {}
 
-namespace {
-
-grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* ctx, grpc::Status status) {
-  grpc::ServerUnaryReactor* r = ctx->DefaultReactor();
-  r->Finish(std::move(status));
-  return r;
-}
-
-}  // namespace
-
 grpc::ServerUnaryReactor* ControlService::Join(grpc::CallbackServerContext* ctx, const v1::JoinRequest* req,
                                                v1::JoinResponse* resp) {
   return FinishNow(ctx, DoJoin(*ctx, *req, resp));

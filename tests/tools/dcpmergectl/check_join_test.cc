@@ -31,9 +31,10 @@ RunResult CheckJoin(const testing::ServerProc& s, const std::vector<std::string>
 TEST(CheckJoinTest, SecretFromFileOrEnvironment) {
   const std::string secret_file = testing::TmpPath("join-secret");
   testing::WriteFile(secret_file, std::string(kSecret) + "\n");
+  // No grace after a rotation: the old secret's tokens stop at once.
   testing::ServerProc s = testing::StartServer(
       {"--world_size=2", "--num_heads=2", "--head_size=64", "--max_tokens=4",
-       absl::StrCat("--join_secret_file=", secret_file)},
+       absl::StrCat("--join_secret_file=", secret_file), "--join_secret_grace_ms=0"},
       {});
   ASSERT_GT(s.pid, 0);
   RunResult ok = CheckJoin(s, {absl::StrCat("--join_secret_file=", secret_file)});
