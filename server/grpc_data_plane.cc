@@ -182,10 +182,12 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     plane_->group_->MarkLost(rank, session, why);
   }
 
-  // Server stopping: answer what is outstanding, then end UNAVAILABLE.
+  // Server stopping: read what the rank had already sent (until its reads
+  // go quiet, within the drain), answer all of it, then end UNAVAILABLE.
   void Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
+    stop_began_ = absl::Now();
     AdvanceLocked();
   }
   // Stop did not finish in time: cancel.
@@ -196,10 +198,11 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   }
 
   // The housekeeping thread (plane's lock held): stuck writes, drops to
-  // carry out, idle and orphaned streams. Appends a member to drop to
-  // *drop.
+  // carry out, idle and orphaned streams, stopping streams whose reads
+  // have settled. Appends a member to drop to *drop.
   void Housekeep(absl::Time now, bool idle_checks, std::vector<std::pair<int32_t, uint64_t>>* drop) {
     absl::MutexLock lock(&mu_);
+    if (stopping_) AdvanceLocked();
     if (finish_requested_ && now >= cancel_at_) {
       context_->TryCancel();
       cancel_at_ = absl::InfiniteFuture();
@@ -242,6 +245,15 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   }
 
  private:
+  // Stopping: parts a rank wrote before the signal may still be in flight.
+  // They have arrived once no read has completed for kStopReadQuiet, or,
+  // for a rank that keeps writing, after kStopReadDrain.
+  bool ReadsSettledLocked(absl::Time now) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    constexpr absl::Duration kStopReadQuiet = absl::Milliseconds(50);
+    constexpr absl::Duration kStopReadDrain = absl::Milliseconds(250);
+    return now - std::max(last_activity_, stop_began_) >= kStopReadQuiet || now - stop_began_ >= kStopReadDrain;
+  }
+
   void FinishLocked(grpc::Status status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finish_requested_) return;
     finish_requested_ = true;
@@ -269,9 +281,9 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
       return;
     }
     if (writing_ || outstanding_ > 0 || !queue_.empty()) return;
-    if (stopping_) {
+    if (stopping_ && (reads_done_ || ReadsSettledLocked(absl::Now()))) {
       FinishLocked(grpc::Status(grpc::StatusCode::UNAVAILABLE, "server shutting down"));
-    } else if (reads_done_) {
+    } else if (reads_done_ && !stopping_) {
       FinishLocked(grpc::Status::OK);
     }
   }
@@ -290,6 +302,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time stop_began_ ABSL_GUARDED_BY(mu_);
   bool finish_requested_ ABSL_GUARDED_BY(mu_) = false;
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool refused_ ABSL_GUARDED_BY(mu_) = false;

@@ -29,11 +29,12 @@
 // member at once (OnCancel), failing its group's steps with UNAVAILABLE
 // naming the rank.
 //
-// Stop (server shutdown): every part already read is answered (the
-// collector has stopped: UNAVAILABLE "server shutting down" for whatever
-// it did not merge), the answers are written, then each stream ends with
-// UNAVAILABLE "server shutting down". A stream whose peer does not read is
-// cancelled after stop_flush_timeout.
+// Stop (server shutdown): each stream goes on reading what its rank had
+// already sent (until no read completes for 50 ms, at most 250 ms), every
+// part read is answered (the collector has stopped: UNAVAILABLE "server
+// shutting down" for whatever it did not merge), the answers are written,
+// then the stream ends with UNAVAILABLE "server shutting down". A stream
+// whose peer does not read is cancelled after stop_flush_timeout.
 #ifndef DCPMERGE_SERVER_GRPC_DATA_PLANE_H_
 #define DCPMERGE_SERVER_GRPC_DATA_PLANE_H_
 
