@@ -41,15 +41,14 @@ std::string Json(const google::protobuf::Message& m) {
   return out;
 }
 
-// What ToJson writes reads back (FromJson) as the same message, and writing
-// that again gives the same text.
+// What ToJson writes reads back (FromJson) as the same message. (Not as the
+// same text: a map's keys come out in its hash order.)
 template <typename Message>
 void CheckRoundTrip(const Message& m) {
   const std::string json = Json(m);
   Message back;
   const absl::Status st = FromJson(json, &back);
   FUZZ_CHECK(st.ok() && Bytes(back) == Bytes(m), absl::StrCat(json, "\nreads back: ", st.ToString()));
-  FUZZ_CHECK(Json(back) == json, json);
 }
 
 void CheckGroupConfig(const v1::GroupConfig& config) {

@@ -7,7 +7,7 @@
 // than the configuration says), and every answer is cut by FillResponse, as
 // the plane writes it back.
 //
-// Input: one byte choosing the group configuration (Configs, modulo their
+// Input: one byte choosing the group configuration (MergeConfigs, modulo their
 // count), then MergeRequests in protobuf's delimited format (a varint
 // length, then the message), in the order the ranks' streams deliver them.
 // Session ids are 64 random bits per join, which no fuzzer (nor attacker)
@@ -38,6 +38,7 @@
 #include "server/stats.h"
 #include "server/step_collector.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_configs.h"
 
 namespace dcpmerge {
 namespace {
@@ -51,34 +52,9 @@ struct Env {
   std::vector<uint64_t> sessions;
 };
 
-// One of each shape the validation and the answers depend on: input dtype,
-// output mode, head slices, LSE back and its layout.
-std::vector<v1::GroupConfig> Configs() {
-  std::vector<v1::GroupConfig> c = {
-      DefaultGroupConfig(2, 2, 16, 4),  // bf16 in, FP8 per tensor, full
-      DefaultGroupConfig(3, 3, 64, 2),
-      DefaultGroupConfig(4, 4, 8, 3),
-      DefaultGroupConfig(1, 1, 8, 3),
-  };
-  c[1].set_input_dtype(v1::DTYPE_FLOAT32);
-  c[1].set_output_mode(v1::OUTPUT_MODE_FP8_PER_GROUP);
-  c[1].set_group_size(64);
-  c[1].set_return_mode(v1::RETURN_MODE_HEAD_SLICE);
-  c[1].set_return_lse(true);
-  c[1].set_lse_layout(v1::LSE_LAYOUT_TOKENS_HEADS);
-  c[2].set_input_dtype(v1::DTYPE_FLOAT16);
-  c[2].set_output_mode(v1::OUTPUT_MODE_FP8_PER_TOKEN);
-  c[2].set_lse_base(v1::LSE_BASE_2);
-  c[2].set_return_mode(v1::RETURN_MODE_HEAD_SLICE);
-  c[2].set_return_lse(true);
-  c[3].set_output_mode(v1::OUTPUT_MODE_PASSTHROUGH);
-  c[3].set_return_lse(true);
-  return c;
-}
-
 std::vector<std::unique_ptr<Env>> MakeEnvs() {
   std::vector<std::unique_ptr<Env>> envs;
-  for (const v1::GroupConfig& config : Configs()) {
+  for (const v1::GroupConfig& config : fuzz::MergeConfigs()) {
     auto env = std::make_unique<Env>();
     FUZZ_CHECK(env->store.Configure(config, 0.5f).ok(), config.DebugString());
     FUZZ_CHECK(env->store.SetScales({{1, 0.25f}, {3, 2.0f}}, false, 0.0f).ok(), "scales");

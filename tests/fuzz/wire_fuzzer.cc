@@ -3,73 +3,27 @@
 // (ServerProtocol::Validate) before it posts any payload receive, and a rank
 // reads the ResponseHeader the server sent back.
 //
-// Input: one byte choosing a configuration (kConfigs, modulo their count),
+// Input: one byte choosing a configuration (WireConfigs, modulo their count),
 // the StepHeaders of that configuration's N ranks (96 bytes each), then one
 // ResponseHeader (256 bytes); bytes past the end of the input read as 0.
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/head_slice.h"
 #include "tests/fuzz/fuzz_check.h"
+#include "tests/fuzz/fuzz_configs.h"
 #include "transport/layout.h"
 #include "transport/server_protocol.h"
 #include "transport/wire.h"
 
 namespace dcpmerge::transport {
 namespace {
-
-// One of each shape the sizes depend on: return mode (uneven head slices
-// included), scale layout, LSE back or not, fixed or dynamic shape, 2- and
-// 4-byte inputs, and sizes far beyond 32 bits.
-ProtocolConfig Config(uint8_t selector) {
-  ProtocolConfig c;
-  switch (selector % 4) {
-    case 0:  // one rank, bf16 in, FP8 per tensor
-      c.num_parts = 1;
-      c.num_heads = 1;
-      c.head_size = 16;
-      c.max_tokens = 4;
-      break;
-    case 1:  // fp32 in, FP8 per group, LSE back, 6 heads over 4 ranks
-      c.num_parts = 4;
-      c.num_heads = 6;
-      c.head_size = 64;
-      c.max_tokens = 8;
-      c.input_elem_bytes = 4;
-      c.scale_layout = ScaleLayout::kPerGroup;
-      c.group_size = 32;
-      c.return_lse = true;
-      c.lse_layout = LseLayoutWire::kTokensHeads;
-      c.return_mode = ReturnMode::kHeadSlice;
-      break;
-    case 2:  // passthrough, fixed shape
-      c.num_parts = 3;
-      c.num_heads = 3;
-      c.head_size = 32;
-      c.max_tokens = 16;
-      c.output_elem_bytes = 2;
-      c.scale_layout = ScaleLayout::kNone;
-      c.return_lse = true;
-      c.shape_mode = ShapeMode::kFixed;
-      c.fixed_tokens = 5;
-      break;
-    default:  // FP8 per token, head slices, 2^20 tokens
-      c.num_parts = 2;
-      c.num_heads = 4;
-      c.head_size = 128;
-      c.max_tokens = int64_t{1} << 20;
-      c.scale_layout = ScaleLayout::kPerToken;
-      c.return_mode = ReturnMode::kHeadSlice;
-      break;
-  }
-  c.config_version = 7;
-  return c;
-}
 
 // What rank r's five buffers hold for t tokens, from layout.h's table (an
 // oracle written apart from layout.cc).
@@ -169,8 +123,9 @@ void CheckResponse(const ResponseHeader& h) {
 }
 
 void FuzzOne(const uint8_t* data, size_t size) {
+  static const std::vector<ProtocolConfig>* const configs = new std::vector<ProtocolConfig>(fuzz::WireConfigs());
   if (size == 0) return;
-  const ProtocolConfig config = Config(data[0]);
+  const ProtocolConfig& config = (*configs)[data[0] % configs->size()];
   FUZZ_CHECK(ValidateProtocolConfig(config).ok(), DescribeConfig(config));
   StepHeader steps[kMaxParts];
   ResponseHeader response;
