@@ -173,6 +173,12 @@ void StateAndJsonSeeds(const Corpus& corpus) {
       std::free(json);
     }
   }
+  // Refused: its parts would exceed kMaxPayloadBytes.
+  v1::GroupConfig huge = DefaultGroupConfig(8, 64, 512, int64_t{1} << 40);
+  char* json = nullptr;
+  if (absl::Status st = capi::ToJson(huge, &json); !st.ok()) Die(st.ToString());
+  corpus.Add("capi_json_fuzzer", "group_config_too_large", json);
+  std::free(json);
   // A binding's own hand-written config: JSON names, enum numbers.
   corpus.Add("capi_json_fuzzer", "group_config_by_hand",
              "{\"worldSize\": 2, \"numHeads\": 8, \"headSize\": 128, \"maxTokens\": 256,\n"
