@@ -77,7 +77,7 @@ run_python() {
 # UBSan): each runs FUZZ_SECONDS from a scratch copy of its seed corpus, two
 # at a time, and counts as one test case, failed by a crash, a sanitizer
 # report or a broken property (its input is kept and its report printed).
-FUZZ_SECONDS=${FUZZ_SECONDS:-25}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 run_fuzz() {
   echo "=== fuzz: bazel build --config=fuzz, then each target for ${FUZZ_SECONDS}s"
   local fuzz_start tmp bin labels names=() name runs pass=0 fail=0
