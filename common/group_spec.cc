@@ -103,8 +103,8 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& c) {
   }
   s.return_lse = c.return_lse();
   // Bound every payload before any rank allocates for it. The product is
-  // formed only once the first test has bounded it (it overflowed int64 for
-  // a max_tokens near 2^63, found by fuzzing).
+  // formed only once the first test has bounded it (formed first, it
+  // overflowed int64 for a max_tokens near 2^63: UBSan, tests/fuzz).
   if (s.max_tokens > (int64_t{1} << 40) / s.num_heads / s.head_size ||
       s.max_tokens * s.num_heads * int64_t{s.head_size} * s.InputElementBytes() > kMaxPayloadBytes) {
     return Invalid("config.max_tokens",
