@@ -14,7 +14,6 @@
 #include "capi/json.h"
 #include "capi/status.h"
 #include "dcpmerge/v1/admin.grpc.pb.h"
-#include "google/protobuf/util/json_util.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 
@@ -128,9 +127,8 @@ absl::Status Configure(dcpmerge_admin* a, const char* json, float default_scale,
                        uint64_t* hash) {
   if (absl::Status s = NotNull(json, "group_config_json"); !s.ok()) return s;
   v1::ConfigureRequest req;
-  const auto parsed = google::protobuf::util::JsonStringToMessage(json, req.mutable_config());
-  if (!parsed.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("config: ", std::string(parsed.message())));
+  if (absl::Status parsed = FromJson(json, req.mutable_config()); !parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("config: ", parsed.message()));
   }
   req.set_default_scale(default_scale);
   grpc::ClientContext ctx;

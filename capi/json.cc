@@ -20,4 +20,10 @@ absl::Status ToJson(const google::protobuf::Message& m, char** json) {
   return absl::OkStatus();
 }
 
+absl::Status FromJson(absl::string_view json, google::protobuf::Message* m) {
+  const auto st = google::protobuf::util::JsonStringToMessage(std::string(json), m);
+  if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
+  return absl::OkStatus();
+}
+
 }  // namespace dcpmerge::capi

@@ -102,10 +102,11 @@ absl::StatusOr<GroupSpec> GroupSpecFromProto(const v1::GroupConfig& c) {
     default: return Invalid("config.return_mode", "unknown");
   }
   s.return_lse = c.return_lse();
-  // Bound every payload before any rank allocates for it.
-  const int64_t elems = s.max_tokens * s.num_heads * int64_t{s.head_size};
+  // Bound every payload before any rank allocates for it. The product is
+  // formed only once the first test has bounded it (formed first, it
+  // overflowed int64 for a max_tokens near 2^63: UBSan, tests/fuzz).
   if (s.max_tokens > (int64_t{1} << 40) / s.num_heads / s.head_size ||
-      elems * s.InputElementBytes() > kMaxPayloadBytes) {
+      s.max_tokens * s.num_heads * int64_t{s.head_size} * s.InputElementBytes() > kMaxPayloadBytes) {
     return Invalid("config.max_tokens",
                    absl::StrCat("max_tokens*num_heads*head_size*dtype exceeds ",
                                 kMaxPayloadBytes, " bytes per part"));

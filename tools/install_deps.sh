@@ -18,6 +18,8 @@ PACKAGES=(
   libgtest-dev
   libgmock-dev
   prometheus-cpp-dev
+  clang                  # the fuzz targets (--config=fuzz): libFuzzer is clang's
+  libclang-rt-14-dev     # libFuzzer and clang's sanitizer runtimes
   curl                   # metrics endpoint checks in the test suite
   python3                # manifest checks in the test suite
   python3-yaml

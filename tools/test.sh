@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, then runs every test twice,
 # once optimised and once under AddressSanitizer + UndefinedBehaviorSanitizer,
-# plus the Python package's tests (pytest, on the wheel), and ends with one
-# summary line "N passed, N failed, N skipped" counting all of them.
+# plus the Python package's tests (pytest, on the wheel) and the fuzz targets
+# (a bounded time each), and ends with one summary line
+# "N passed, N failed, N skipped" counting all of them.
 # GPU tests skip (with the reason) where no GPU is present.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,12 +73,59 @@ run_python() {
   rm -rf "$tmp"
 }
 
+# The fuzz targets (tests/fuzz; --config=fuzz: clang, libFuzzer, ASan +
+# UBSan): each runs FUZZ_SECONDS from a scratch copy of its seed corpus, two
+# at a time, and counts as one test case, failed by a crash, a sanitizer
+# report or a broken property (its input is kept and its report printed).
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+run_fuzz() {
+  echo "=== fuzz: bazel build --config=fuzz, then each target for ${FUZZ_SECONDS}s"
+  local fuzz_start tmp bin labels names=() name runs pass=0 fail=0
+  fuzz_start=$(date +%s)
+  labels=$(bazel query "${BAZEL_FLAGS[@]}" 'attr(tags, "\bfuzz\b", //tests/fuzz:*)' 2>/dev/null)
+  if [[ -z "$labels" ]] || ! bazel build "${BAZEL_FLAGS[@]}" --config=fuzz $labels; then
+    echo "=== fuzz: build failed"
+    status=1; total_fail=$((total_fail + 1)); return
+  fi
+  for name in $labels; do names+=("${name##*:}"); done
+  bin=$(bazel info "${BAZEL_FLAGS[@]}" --config=fuzz bazel-bin 2>/dev/null)
+  tmp=$(mktemp -d)
+  for name in "${names[@]}"; do
+    while (( $(jobs -rp | wc -l) >= 2 )); do wait -n; done
+    fuzz_one "$name" &
+  done
+  wait
+  for name in "${names[@]}"; do
+    runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$tmp/$name.log" 2>/dev/null | tr -dc 0-9)
+    if [[ "$(cat "$tmp/$name.rc")" == 0 && -n "$runs" ]]; then
+      pass=$((pass + 1)); echo "  ${name}: ${runs} executions, no crash"
+    else
+      fail=$((fail + 1)); status=1
+      echo "  ${name}: FAILED after ${runs:-?} executions; its report:"; tail -n 40 "$tmp/$name.log"
+      echo "  (its input is kept in ${tmp}: rerun with ${bin}/tests/fuzz/${name} INPUT)"
+    fi
+  done
+  echo "=== fuzz: ${pass} passed, ${fail} failed (targets) in $(( $(date +%s) - fuzz_start ))s"
+  total_pass=$((total_pass + pass)); total_fail=$((total_fail + fail))
+  (( fail > 0 )) || rm -rf "$tmp"
+}
+# fuzz_one NAME: runs one target (run_fuzz's $tmp and $bin); NAME.log, NAME.rc.
+fuzz_one() {
+  local name=$1 dict=()
+  cp -r "tests/fuzz/corpus/$name" "$tmp/$name" || { echo 1 >"$tmp/$name.rc"; return; }
+  [[ -e "tests/fuzz/$name.dict" ]] && dict=("-dict=tests/fuzz/$name.dict")
+  "$bin/tests/fuzz/$name" "${dict[@]}" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+    -artifact_prefix="$tmp/$name-" "$tmp/$name" >"$tmp/$name.log" 2>&1
+  echo $? >"$tmp/$name.rc"
+}
+
 run_suite "optimised"
 run_python
 # GPU tests are left out under the sanitizers: ASan and the CUDA runtime do
 # not mix, and they only skip here anyway. compute-sanitizer covers them on
 # a GPU host (docs/gpu-validation.md).
 run_suite "asan+ubsan" --config=asan --test_tag_filters=-gpu,-no_asan --build_tag_filters=-gpu,-no_asan
+run_fuzz
 
 elapsed=$(( $(date +%s) - start ))
 echo

@@ -3,6 +3,8 @@
 // tests/server/config_store_test.cc.
 #include "common/group_spec.h"
 
+#include <cstdint>
+#include <limits>
 #include <string>
 
 #include "common/names.h"
@@ -55,6 +57,19 @@ TEST(GroupSpecTest, ElementSizesAndPayloadBytes) {
   ASSERT_TRUE(pass.ok());
   EXPECT_EQ(pass->InputElementBytes(), 2);
   EXPECT_EQ(pass->OutputElementBytes(), 2);
+}
+
+// A max_tokens whose payload would overflow int64 is refused. The old code
+// formed that product first (undefined behaviour; gcc happens to drop it,
+// clang's UBSan reports it): tests/fuzz's capi_json_fuzzer replays
+// corpus/capi_json_fuzzer/regress_max_tokens_overflow in tools/test.sh.
+TEST(GroupSpecTest, MaxTokensBeyondInt64PayloadIsRefused) {
+  for (int64_t max_tokens : {int64_t{1} << 62, std::numeric_limits<int64_t>::max()}) {
+    absl::StatusOr<GroupSpec> s = GroupSpecFromProto(DefaultGroupConfig(1, 4, 4, max_tokens));
+    ASSERT_FALSE(s.ok()) << max_tokens;
+    EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(s.status().message()), HasSubstr("config.max_tokens"));
+  }
 }
 
 TEST(GroupSpecTest, HeadsFollowTheOneSlicingRule) {
