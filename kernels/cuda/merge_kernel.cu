@@ -20,6 +20,8 @@
 //     shrinks until P x span fits a CTA. With more tokens, one CTA each;
 //     the items beyond one pass wait in shared memory (<= kMaxStageBytes),
 //     or are merged twice.
+//   Rows kernels index in 32 bits when every element offset fits (Fits32),
+//     in 64 bits beyond.
 //   PDL only when asked for (MergeLaunchOptions::pdl): it pays when the
 //     kernel before the merge triggers its dependents early, and costs a
 //     little when it does not (docs/benchmarks.md).
@@ -87,9 +89,19 @@ FastDiv MakeFastDiv(uint32_t d) {
   while ((uint64_t{1} << l) < d) ++l;  // ceil(log2(d))
   const unsigned __int128 num = static_cast<unsigned __int128>((uint64_t{1} << l) - d) << 64;
   f.magic = static_cast<uint64_t>(num / d) + 1;
+  f.magic32 = static_cast<uint32_t>((((uint64_t{1} << l) - d) << 32) / d + 1);
   f.shift1 = l > 0 ? 1 : 0;
   f.shift2 = l > 0 ? static_cast<uint32_t>(l - 1) : 0;
   return f;
+}
+
+// Whether every element offset the rows kernels compute stays below 2^32:
+// the outputs (T*H*D) and each part's payload span.
+bool Fits32(const MergeProblem& p) {
+  constexpr int64_t kLimit = int64_t{1} << 32;
+  const int64_t span = (p.num_tokens - 1) * p.token_stride +
+                       (p.num_heads - 1) * p.head_stride + p.head_size;
+  return p.num_tokens * p.num_heads * p.head_size < kLimit && span < kLimit;
 }
 
 // Parts-per-thread buckets a kernel exists for (merge_kernel.cuh): 2, 4, 8,
@@ -157,6 +169,7 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     sc->items_per_cta = V;
     plan->threads = P * V;
     plan->grid = CeilDiv(sc->items, V);
+    plan->narrow = o.wide_index <= 0 && Fits32(p);
   } else {
     const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc->items_per_row;
     const bool clusters = dev.cc_major >= 9;

@@ -92,6 +92,7 @@ struct Case {
   int part_groups = 0;   // threads per item (0: launcher's choice)
   int threads = 0;       // CTA size override (0: launcher's choice)
   int cluster = 0;       // per-token CTAs per token (0: launcher's choice)
+  bool wide = false;     // 64-bit index arithmetic where 32 bits would do
   float scale = 0.05f;   // static scale
   uint32_t seed = 1;
   std::string Name() const {
@@ -103,7 +104,7 @@ struct Case {
                         base == LseBase::kTwo ? "_b2" : "_be", pad ? "_pad" : "",
                         part_groups ? absl::StrCat("_P", part_groups) : "",
                         threads ? absl::StrCat("_thr", threads) : "",
-                        cluster ? absl::StrCat("_C", cluster) : "");
+                        cluster ? absl::StrCat("_C", cluster) : "", wide ? "_wide" : "");
   }
 };
 
@@ -359,6 +360,7 @@ void RunCase(const Case& c) {
   opt.part_groups = c.part_groups;
   opt.threads_per_cta = c.threads;
   opt.ctas_per_token = c.cluster;
+  opt.wide_index = c.wide ? 1 : 0;
 
   Outputs run[2];
   const uint8_t poison[2] = {0xA5, 0x5A};
@@ -451,6 +453,7 @@ std::vector<Case> SweepCases() {
         c.part_groups = (k % 5) == 0 ? 0 : 1 << ((k / 5) % 5);  // 1..16
         c.threads = (k % 11) == 0 ? 32 : (k % 13) == 0 ? 512 : 0;
         c.cluster = (k % 7) == 0 ? 1 + (k / 7) % 8 : 0;
+        c.wide = (k % 3) == 1;
         c.scale = (k % 2) ? 0.05f : 2.0f;
         c.seed = seed++;
         out.push_back(c);
@@ -474,6 +477,7 @@ std::vector<Case> SweepCases() {
           c.h = 8;
           c.mode = mode;
           c.part_groups = groups;
+          c.wide = (k & 4) != 0;
           c.layout = (k & 1) ? LseLayout::kTokensHeads : LseLayout::kHeadsTokens;
           c.base = (k & 2) ? LseBase::kTwo : LseBase::kNatural;
           c.seed = seed++;
