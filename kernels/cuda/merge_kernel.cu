@@ -177,7 +177,9 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     if (c == 0 && clusters && p.num_tokens < 2 * dev.sms) {
       // Few tokens: a token's CTAs (a cluster) are as many as hold its items
       // in registers in one pass and, at small T, give every SM a CTA.
-      const int64_t fit = CeilDiv(token_items, MaxCtaThreads(PptBucket(std::min(n, 16), full)));
+      const int ppt = PptBucket(std::min(n, 16), full);
+      const int64_t fit =
+          CeilDiv(token_items, MaxCtaThreads(ppt) * (n <= 8 ? MaxTokenItems(ppt) : 1));
       const int64_t spread = std::min(CeilDiv(dev.sms, p.num_tokens), CeilDiv(token_items, 32));
       c = std::max(fit, spread);
     }
@@ -198,12 +200,21 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     const int cap = o.threads_per_cta > 0
                         ? std::min(o.threads_per_cta, MaxCtaThreads(plan->ppt))
                         : MaxCtaThreads(plan->ppt);
-    const int V = std::min(std::max(32, cap / P / 32 * 32), span);
+    const int vmax = std::max(32, cap / P / 32 * 32);
+    // Items per thread (K): as many as the span needs, in registers up to
+    // MaxTokenItems when a thread takes all parts (P = 1); V then spreads
+    // the span evenly over the threads.
+    const int kmax = P == 1 ? MaxTokenItems(plan->ppt) : 1;
+    const int64_t passes = CeilDiv(sc->token_span, vmax);
+    int k = 1;
+    while (k < passes && k < kmax) k *= 2;
+    const int V = passes <= kmax ? RoundUp32(CeilDiv(sc->token_span, k)) : std::min(vmax, span);
     if (P * V > MaxCtaThreads(plan->ppt)) return cudaErrorInvalidValue;
     sc->items_per_cta = V;
-    // Items beyond one pass wait in shared memory where they fit.
+    plan->items_per_thread = passes <= kmax ? k : 1;
+    // Items beyond what registers hold wait in shared memory where they fit.
     const int64_t stage_bytes = CeilDiv(sc->token_span, V) * V * vec * 4;
-    sc->stage = sc->token_span > V && stage_bytes <= kMaxStageBytes ? 1 : 0;
+    sc->stage = passes > kmax && stage_bytes <= kMaxStageBytes ? 1 : 0;
     plan->stage_bytes = sc->stage ? static_cast<int>(stage_bytes) : 0;
     plan->threads = P * V;
     plan->grid = p.num_tokens * c;

@@ -87,6 +87,11 @@ __host__ __device__ constexpr int MaxCtaThreads(int ppt) {
 __host__ __device__ constexpr int MinCtas(int ppt, int mode) {
   return ppt == 8 ? 1 : (ppt == 4 && mode == kModeFp8PerGroup) ? 2 : 0;
 }
+// Per token: the most items (K: 1, 2 or 4) a thread of PPT parts holds in
+// registers, every load issued at once: K x PPT <= 16 vectors in flight.
+__host__ __device__ constexpr int MaxTokenItems(int ppt) {
+  return ppt >= 16 ? 1 : ppt >= 8 ? 2 : 4;
+}
 // Part-table capacities: small for the common N <= 16, so a launch carries
 // 256 bytes of pointers instead of 1 KB.
 inline constexpr int kSmallPartTable = 16;
@@ -164,9 +169,12 @@ __device__ __forceinline__ void LetConsumerLaunch(bool pdl) {
 
 __device__ __forceinline__ bool IsFiniteF(float x) { return fabsf(x) <= FLT_MAX; }
 
+// Max over aligned groups of `width` lanes (a power of two, 1..32); unrolled,
+// a run-time width only predicates the steps.
 __device__ __forceinline__ float WarpMax(float v, int width) {
-  for (int o = width / 2; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < width) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
   return v;
 }
 
@@ -457,8 +465,10 @@ __device__ __forceinline__ float TokenMax(float v, float* red, int C) {
 
 // kModeFp8PerToken. CTA blockIdx.x serves token blockIdx.x / C and owns its
 // items [rank * span, rank * span + span) (rank = blockIdx.x % C); 64-bit
-// index arithmetic.
-template <typename T, int PPT, int kCap>
+// index arithmetic. A CTA whose span fits K x V items keeps them in
+// registers, K per thread, every item's loads issued before the first
+// reduction; a larger span loops (see below).
+template <typename T, int PPT, int kCap, int K>
 __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerToken))
     MergeTokenKernel(const __grid_constant__ KernelArgs<kCap> a) {
   constexpr int W = VecWidth<T>::kElems;
@@ -476,19 +486,30 @@ __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerTo
   const auto place = [&](int64_t item) {
     return item < end ? Locate<W>(p, sc, static_cast<uint64_t>(item)) : ItemPlace<uint64_t>{};
   };
-  float o[W];
   float scale;
-  if (sc.token_span <= V) {  // the CTA's items wait in registers
-    const int64_t item = first + gv.v;
-    const bool valid = item < end;
-    const auto at = place(item);
+  if (sc.token_span <= K * V) {  // the CTA's items wait in registers
     WaitForProducer(a.sched.pdl);
     LetConsumerLaunch(a.sched.pdl);
-    MergeItem<T, PPT>(a, smem, gv, at, valid, o);
-    const float amax = gv.g == 0 && valid ? FiniteAbsMax<W>(o) : 0.0f;
+    float o[K][W];
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t item = first + gv.v + k * V;
+      if constexpr (CanSplit<PPT, kCap>()) {
+        if (k > 0 && sc.part_groups > 1) __syncthreads();  // the combine reuses smem
+      }
+      MergeItem<T, PPT>(a, smem, gv, place(item), item < end, o[k]);
+      if (gv.g == 0 && item < end) amax = fmaxf(amax, FiniteAbsMax<W>(o[k]));
+    }
     scale = DynamicFp8Scale(TokenMax(amax, red, C), p.power_of_two_scales != 0);
-    if (gv.g == 0 && valid) StoreCodes<W>(p, item, o, __frcp_rn(scale));
+    const float inv = __frcp_rn(scale);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t item = first + gv.v + k * V;
+      if (gv.g == 0 && item < end) StoreCodes<W>(p, item, o[k], inv);
+    }
   } else {
+    float o[W];
     // More items than threads: loop over them in steps of V, and either
     // keep each thread's merged values in shared memory (sc.stage; slots
     // [pass][e][v], no bank conflicts, each thread reads back only its own)

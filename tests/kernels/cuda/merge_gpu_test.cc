@@ -527,6 +527,12 @@ TEST_F(MergeGpuTest, LargeShapes) {
   h.dtype = DType::kFloat16; h.t = Quick() ? 256 : 4096; h.h = 32;
   h.mode = OutputMode::kFp8PerGroup; h.group = 64; h.n = 16;
   cases.push_back(h);
+  Case k = a;  // per token, one CTA per token, four items per thread in registers
+  k.n = 2; k.t = 300; k.h = 128; k.d = 128; k.mode = OutputMode::kFp8PerToken;
+  cases.push_back(k);
+  Case m = k;  // the same with two items per thread, 8 parts each
+  m.n = 8; m.h = 64;
+  cases.push_back(m);
   for (const Case& c : cases) {
     RunCase(c);
     if (HasFatalFailure()) return;
