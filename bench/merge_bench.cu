@@ -12,6 +12,8 @@
 //             this one
 //   simple64  the same per-tensor kernel with int64 indices (the previous
 //             rounds' baseline), for reference
+// and, to measure the launcher's choices: fused64, the fused kernel with
+// 64-bit indices; token_k1 (CSV only), per token with one item per thread.
 //   unfused   N-1 two-way merges in the input dtype, then quantization
 //             (bench/unfused_baseline.cuh)
 //   copy      a copy kernel (16-byte words, four in flight per thread) of
@@ -192,7 +194,7 @@ struct Shape {
 // Per-launch seconds; NaN where not measured.
 struct Times {
   double fused = NAN, fused64 = NAN, pdl = NAN, simple = NAN, simple64 = NAN, group = NAN,
-         simple_group = NAN, token = NAN;
+         simple_group = NAN, token = NAN, token_k1 = NAN;
 };
 
 struct Result {
@@ -355,6 +357,12 @@ cuda::MergeLaunchOptions WithPdl(int pdl) {
   return o;
 }
 
+cuda::MergeLaunchOptions OneTokenItem() {
+  cuda::MergeLaunchOptions o;
+  o.token_items_per_thread = 1;
+  return o;
+}
+
 cuda::MergeLaunchOptions Wide() {
   cuda::MergeLaunchOptions o;
   o.wide_index = 1;
@@ -466,6 +474,8 @@ Result RunShape(const Shape& s, const Options& o, cudaStream_t st) {
     tm.group = time([&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerGroup, st); });
     tm.simple_group = time([&](int k) { LaunchSimple(b, k % nsets, true, st); });
     tm.token = time([&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerToken, st); });
+    tm.token_k1 = time(
+        [&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerToken, st, OneTokenItem()); });
   }
 
   // Unfused: N-1 two-way merges (ping-pong scratch), then quantization.
@@ -658,7 +668,8 @@ void PrintRow(FILE* f, const Result& r, bool csv) {
                       r.warm.simple,       r.warm.group, r.warm.simple_group, r.warm.token,
                       r.unfused,           r.copy,       r.read,        r.empty,
                       r.prod,              r.prod_merge, r.prod_merge_pdl, r.prod_merge_trig,
-                      r.cold.simple64,     r.warm.simple64, r.cold.fused64, r.warm.fused64};
+                      r.cold.simple64,     r.warm.simple64, r.cold.fused64, r.warm.fused64,
+                      r.cold.token_k1,     r.warm.token_k1};
   if (csv) {
     std::fprintf(f, "%s,%d,%lld,%d,%d,%.0f", DtName(s.dtype), s.n, static_cast<long long>(s.t),
                  s.h, s.d, r.traffic);
@@ -747,7 +758,9 @@ int main(int argc, char** argv) {
                  "simple_group_us,token_us,warm_fused_us,warm_pdl_us,warm_simple_us,"
                  "warm_group_us,warm_simple_group_us,warm_token_us,unfused_us,copy_us,read_us,"
                  "empty_us,producer_us,producer_merge_us,producer_merge_pdl_us,"
-                 "producer_trigger_merge_pdl_us,simple64_us,warm_simple64_us,fused64_us,warm_fused64_us,far_tensor,far_group,far_token,simple_far,"
+                 "producer_trigger_merge_pdl_us,simple64_us,warm_simple64_us,fused64_us,"
+                 "warm_fused64_us,token_k1_us,warm_token_k1_us,far_tensor,far_group,far_token,"
+                 "simple_far,"
                  "simple_group_far\n");
   std::printf("# per-launch us in CUDA graphs, L2-cold unless w_; f/s = fused / simple (< 1: "
               "fused faster; simple: 32-bit indices where T*H*D < 2^32, simpl64: int64 "
@@ -816,6 +829,8 @@ int main(int argc, char** argv) {
             [](const Result& r) { return r.cold.token / r.cold.fused; });
   RatioLine("per token / per tensor (fused), L2-warm", all, 1.15, bf16,
             [](const Result& r) { return r.warm.token / r.warm.fused; });
+  RatioLine("per token, one item per thread / per tensor, L2-cold (reference)", all, 1.15, bf16,
+            [](const Result& r) { return r.cold.token_k1 / r.cold.fused; });
   {
     std::vector<double> ex, ex_pdl;
     int met = 0, met_pdl = 0, cnt = 0;

@@ -204,7 +204,7 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     // Items per thread (K): as many as the span needs, in registers up to
     // MaxTokenItems when a thread takes all parts (P = 1); V then spreads
     // the span evenly over the threads.
-    const int kmax = P == 1 ? MaxTokenItems(plan->ppt) : 1;
+    const int kmax = P == 1 && o.token_items_per_thread != 1 ? MaxTokenItems(plan->ppt) : 1;
     const int64_t passes = CeilDiv(sc->token_span, vmax);
     int k = 1;
     while (k < passes && k < kmax) k *= 2;

@@ -73,6 +73,10 @@ struct MergeLaunchOptions {
   // where the launcher would pick 32-bit (every element offset < 2^32);
   // 0 or -1: the launcher's choice.
   int wide_index = -1;
+  // kModeFp8PerToken: 1 holds one item per thread in registers (items
+  // beyond wait in shared memory or are merged twice) where the launcher
+  // would hold up to MaxTokenItems; 0 or -1: the launcher's choice.
+  int token_items_per_thread = -1;
 };
 
 // Enqueues the merge on `stream`. Returns cudaSuccess or the launch error
