@@ -13,7 +13,8 @@
 //   simple64  the same per-tensor kernel with int64 indices (the previous
 //             rounds' baseline), for reference
 // and, to measure the launcher's choices: fused64, the fused kernel with
-// 64-bit indices; token_k1 (CSV only), per token with one item per thread.
+// 64-bit indices; token_k1 (CSV only), per token with one item per thread;
+// split4 (CSV only, N > 8), four parts per thread at every grid size.
 //   unfused   N-1 two-way merges in the input dtype, then quantization
 //             (bench/unfused_baseline.cuh)
 //   copy      a copy kernel (16-byte words, four in flight per thread) of
@@ -194,7 +195,7 @@ struct Shape {
 // Per-launch seconds; NaN where not measured.
 struct Times {
   double fused = NAN, fused64 = NAN, pdl = NAN, simple = NAN, simple64 = NAN, group = NAN,
-         simple_group = NAN, token = NAN, token_k1 = NAN;
+         simple_group = NAN, token = NAN, token_k1 = NAN, split4 = NAN;
 };
 
 struct Result {
@@ -363,6 +364,13 @@ cuda::MergeLaunchOptions OneTokenItem() {
   return o;
 }
 
+// N > 8: four parts per thread whatever the grid (the previous schedule).
+cuda::MergeLaunchOptions Split4(int n) {
+  cuda::MergeLaunchOptions o;
+  o.part_groups = (n + 3) / 4;
+  return o;
+}
+
 cuda::MergeLaunchOptions Wide() {
   cuda::MergeLaunchOptions o;
   o.wide_index = 1;
@@ -474,6 +482,10 @@ Result RunShape(const Shape& s, const Options& o, cudaStream_t st) {
     tm.group = time([&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerGroup, st); });
     tm.simple_group = time([&](int k) { LaunchSimple(b, k % nsets, true, st); });
     tm.token = time([&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerToken, st); });
+    if (s.n > 8)
+      tm.split4 = time([&](int k) {
+        LaunchFused(b, k % nsets, cuda::kModeFp8PerTensor, st, Split4(s.n));
+      });
     tm.token_k1 = time(
         [&](int k) { LaunchFused(b, k % nsets, cuda::kModeFp8PerToken, st, OneTokenItem()); });
   }
@@ -669,7 +681,7 @@ void PrintRow(FILE* f, const Result& r, bool csv) {
                       r.unfused,           r.copy,       r.read,        r.empty,
                       r.prod,              r.prod_merge, r.prod_merge_pdl, r.prod_merge_trig,
                       r.cold.simple64,     r.warm.simple64, r.cold.fused64, r.warm.fused64,
-                      r.cold.token_k1,     r.warm.token_k1};
+                      r.cold.token_k1,     r.warm.token_k1, r.cold.split4, r.warm.split4};
   if (csv) {
     std::fprintf(f, "%s,%d,%lld,%d,%d,%.0f", DtName(s.dtype), s.n, static_cast<long long>(s.t),
                  s.h, s.d, r.traffic);
@@ -759,7 +771,8 @@ int main(int argc, char** argv) {
                  "warm_group_us,warm_simple_group_us,warm_token_us,unfused_us,copy_us,read_us,"
                  "empty_us,producer_us,producer_merge_us,producer_merge_pdl_us,"
                  "producer_trigger_merge_pdl_us,simple64_us,warm_simple64_us,fused64_us,"
-                 "warm_fused64_us,token_k1_us,warm_token_k1_us,far_tensor,far_group,far_token,"
+                 "warm_fused64_us,token_k1_us,warm_token_k1_us,split4_us,warm_split4_us,"
+                 "far_tensor,far_group,far_token,"
                  "simple_far,"
                  "simple_group_far\n");
   std::printf("# per-launch us in CUDA graphs, L2-cold unless w_; f/s = fused / simple (< 1: "
@@ -818,6 +831,8 @@ int main(int argc, char** argv) {
             [](const Result& r) { return r.cold.simple64 / r.cold.simple; });
   RatioLine("per tensor fused 64-bit/fused 32-bit, L2-cold (reference)", all, 1.02, any,
             [](const Result& r) { return r.cold.fused64 / r.cold.fused; });
+  RatioLine("per tensor N>8 four parts per thread/fused, L2-cold (reference)", all, 1.02, any,
+            [](const Result& r) { return r.cold.split4 / r.cold.fused; });
   RatioLine("per group fused/simple, L2-cold", all, 1.02, any,
             [](const Result& r) { return r.cold.group / r.cold.simple_group; });
   RatioLine("per group fused/simple, L2-warm", all, 1.02, any,

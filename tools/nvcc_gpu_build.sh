@@ -57,7 +57,7 @@ fi
 o=$dir/obj
 kernel_objs=("$o/merge_kernel.cu.o" "$o/merge_kernel_bf16.cu.o" "$o/merge_kernel_f16.cu.o"
              "$o/merge_kernel_f32.cu.o")
-libs=(-Wl,--start-group "$dir"/lib/libabsl_*.a -Wl,--end-group -lpthread)
+libs=(-Xlinker --start-group "$dir"/lib/libabsl_*.a -Xlinker --end-group -lpthread)
 nvcc -o "$dir/bin/merge_bench" "$o/merge_bench.cu.o" "${kernel_objs[@]}" "$o/bench_check.o" \
   "$o/merge_reference.o" "$o/merge_contract.o" "${libs[@]}"
 nvcc -o "$dir/bin/merge_gpu_test" "$o/merge_gpu_test.o" "$o/fp8_exhaustive.cu.o" \

@@ -8,10 +8,10 @@
 // in merge_kernel_{f32,f16,bf16}.cu.
 //
 // Schedule (P = part groups, V = items per CTA; merge_kernel.cuh):
-//   PPT is the smallest bucket >= N for N <= 8 (P = 1); 4 for N = 9..16
-//     (P = ceil(N / 4), partial sums combined in shared memory); for N > 16,
-//     4 on small grids (fewer than kSplitItemsPerSm items per SM) and 16 on
-//     large ones.
+//   PPT is the smallest bucket >= N for N <= 8 (P = 1); above, 4 on small
+//     grids (P = ceil(N / 4), partial sums combined in shared memory; fewer
+//     than kSplitItemsPerSmSmall items per SM for N = 9..16,
+//     kSplitItemsPerSm for N > 16) and 16 on large ones.
 //   CTA: P x V threads, 128 or, when P > 4, P x 32 (V = 32); at most
 //     MaxCtaThreads(PPT).
 //   Per token: with fewer tokens than 2 per SM, the token's C CTAs (a
@@ -41,8 +41,12 @@ namespace dcpmerge {
 namespace cuda {
 namespace {
 
-// N > 16: grids of fewer items than this per SM take 4 parts per thread.
+// Grids of fewer items than this per SM take 4 parts per thread, larger
+// ones 16: N > 16 (full table), and N = 9..16 (measured on an H200: at
+// N = 16 the split took 1.03-1.09x the simple kernel, which has one thread
+// of 16 parts, from 64K items up, and 0.7-0.9x below 16K).
 constexpr int64_t kSplitItemsPerSm = 64;
+constexpr int64_t kSplitItemsPerSmSmall = 256;
 // Thread-block cluster size for per-token decode: 16, the non-portable
 // maximum of sm_90 (a token spread over more SMs; measured faster than 8).
 constexpr int kMaxClusterCtas = 16;
@@ -129,14 +133,15 @@ void PlanPartGroups(int n, int64_t items, const DeviceInfo& dev, const MergeLaun
     return;
   }
   // Measured on an H200 (docs/benchmarks.md): up to 8 parts, one thread
-  // takes them all; from 9 to 16, four parts per thread (P = 2..4) beat 16
-  // per thread at nearly every shape; above 16, four per thread at decode
-  // sizes, 16 on large grids.
+  // takes them all; above, four parts per thread (P = ceil(N / 4)) at
+  // decode sizes, 16 on large grids.
   int ppt = 4;
   if (full) {
     ppt = items < kSplitItemsPerSm * dev.sms ? 4 : 16;
   } else if (n <= 8) {
     ppt = PptBucket(n, false);
+  } else {
+    ppt = items < kSplitItemsPerSmSmall * dev.sms ? 4 : 16;
   }
   SetPpt(n, ppt, full, plan);
 }

@@ -81,16 +81,17 @@ __host__ __device__ constexpr int MaxCtaThreads(int ppt) {
 // The second __launch_bounds__ argument (0: none). ptxas's own register
 // target spills the 8-parts kernel (40 registers); asking for one CTA per
 // SM lets it take 56 and run about 1.4x faster (measured on an H200). The
-// per-group 4-parts kernel gets 64 (two 512-thread CTAs per SM) instead of
-// 32, enough to keep all its loads in flight. The others are fastest at
+// 4-parts rows kernels get up to 64 (two 512-thread CTAs per SM): at
+// ptxas's own 32 (the 32-bit index path) only two of the four payload loads
+// were in flight, 1.3x slower at decode (H200). The others are fastest at
 // ptxas's own, lower, counts.
 __host__ __device__ constexpr int MinCtas(int ppt, int mode) {
-  return ppt == 8 ? 1 : (ppt == 4 && mode == kModeFp8PerGroup) ? 2 : 0;
+  return ppt == 8 ? 1 : (ppt == 4 && mode != kModeFp8PerToken) ? 2 : 0;
 }
 // Per token: the most items (K: 1, 2 or 4) a thread of PPT parts holds in
 // registers, every load issued at once: K x PPT <= 16 vectors in flight.
 __host__ __device__ constexpr int MaxTokenItems(int ppt) {
-  return ppt >= 16 ? 1 : ppt >= 8 ? 2 : 4;
+  return ppt >= 16 ? 1 : ppt >= 4 ? 2 : 4;
 }
 // Part-table capacities: small for the common N <= 16, so a launch carries
 // 256 bytes of pointers instead of 1 KB.
@@ -367,12 +368,13 @@ __device__ __forceinline__ void StoreCodes(const MergeProblem& p, Idx item, cons
 }
 
 // This thread's group g (warp-uniform) and item slot v within the CTA; a
-// kernel that cannot split (kSplit false) has one group, and no division.
+// kernel that cannot split (kSplit false) or a launch of one group (P = 1)
+// has no division on the way to the first load.
 template <bool kSplit>
 struct GroupOf {
   int g, v;
-  __device__ __forceinline__ explicit GroupOf(int V) {
-    g = kSplit ? static_cast<int>(threadIdx.x) / V : 0;
+  __device__ __forceinline__ GroupOf(int V, int P) {
+    g = kSplit && P > 1 ? static_cast<int>(threadIdx.x / static_cast<unsigned>(V)) : 0;
     v = static_cast<int>(threadIdx.x) - g * V;
   }
 };
@@ -403,7 +405,7 @@ __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, MODE))
   constexpr int W = VecWidth<T>::kElems;
   extern __shared__ float smem[];
   const MergeProblem& p = a.problem;
-  const GroupOf<CanSplit<PPT, kCap>()> gv(a.sched.items_per_cta);
+  const GroupOf<CanSplit<PPT, kCap>()> gv(a.sched.items_per_cta, a.sched.part_groups);
   const Idx item = static_cast<Idx>(blockIdx.x) * static_cast<Idx>(a.sched.items_per_cta) +
                    static_cast<Idx>(gv.v);
   const bool valid = item < static_cast<Idx>(a.sched.items);
@@ -482,7 +484,7 @@ __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerTo
   const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc.items_per_row;
   const int64_t first = token * token_items + static_cast<int64_t>(rank) * sc.token_span;
   const int64_t end = min(first + sc.token_span, (token + 1) * token_items);
-  const GroupOf<CanSplit<PPT, kCap>()> gv(V);
+  const GroupOf<CanSplit<PPT, kCap>()> gv(V, sc.part_groups);
   const auto place = [&](int64_t item) {
     return item < end ? Locate<W>(p, sc, static_cast<uint64_t>(item)) : ItemPlace<uint64_t>{};
   };
