@@ -42,9 +42,9 @@ namespace cuda {
 namespace {
 
 // Grids of fewer items than this per SM take 4 parts per thread, larger
-// ones 16: N > 16 (full table), and N = 9..16 (measured on an H200: at
-// N = 16 the split took 1.03-1.09x the simple kernel, which has one thread
-// of 16 parts, from 64K items up, and 0.7-0.9x below 16K).
+// ones 16: N > 16 (full table), and N = 9..16 (at N = 16 the split took
+// 1.03-1.09x the simple kernel, which has one thread of 16 parts, from 32K
+// items up on an H200; docs/benchmarks.md, round three).
 constexpr int64_t kSplitItemsPerSm = 64;
 constexpr int64_t kSplitItemsPerSmSmall = 256;
 // Thread-block cluster size for per-token decode: 16, the non-portable
