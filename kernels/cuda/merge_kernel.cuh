@@ -47,11 +47,12 @@
 //                      thread-block cluster (C = 1 before sm_90) and split
 //                      its H*D/W items; amax is a CTA reduction, then a
 //                      reduction over the cluster through distributed shared
-//                      memory, and the merged values wait in registers. With
-//                      more items than the CTA has threads (many tokens: one
-//                      CTA each), they wait in shared memory instead, or,
-//                      when a token's values exceed it, are merged twice
-//                      (amax pass, then codes).
+//                      memory, and the merged values wait in registers, up
+//                      to MaxTokenItems per thread (K) where a thread takes
+//                      all parts. With more items than that (many tokens:
+//                      one CTA each), they wait in shared memory instead,
+//                      or, when a token's values exceed it, are merged
+//                      twice (amax pass, then codes).
 // With programmatic dependent launch (sm_90 and later, sched.pdl) both
 // kernels do their index arithmetic, then griddepcontrol.wait (nothing is
 // read before the previous kernel's writes are visible), then let their own
