@@ -4,8 +4,10 @@
 // Kernels: [input dtype][output mode][parts per thread], from one template
 // each (MergeRowsKernel, MergeTokenKernel for per-token). Parts per thread
 // (PPT) is 2, 4, 8 or 16 with a 16-entry part table (N <= 16), or 4 or 16
-// with the full 64-entry table: 3 x 4 x 6 = 72 kernels, compiled per dtype
-// in merge_kernel_{f32,f16,bf16}.cu.
+// with the full 64-entry table; the rows kernels come with 32- and 64-bit
+// indices, the per-token ones with 1, 2 or 4 items per thread (K <=
+// MaxTokenItems, small table only): 3 x 46 = 138 kernels, compiled per
+// dtype in merge_kernel_{f32,f16,bf16}.cu.
 //
 // Schedule (P = part groups, V = items per CTA; merge_kernel.cuh):
 //   PPT is the smallest bucket >= N for N <= 8 (P = 1); above, 4 on small
@@ -17,9 +19,10 @@
 //   Per token: with fewer tokens than 2 per SM, the token's C CTAs (a
 //     cluster, sm_90+) are as many as it takes to hold its items in
 //     registers and to give every SM a CTA (C <= kMaxClusterCtas); P
-//     shrinks until P x span fits a CTA. With more tokens, one CTA each;
-//     the items beyond one pass wait in shared memory (<= kMaxStageBytes),
-//     or are merged twice.
+//     shrinks until P x span fits a CTA. With more tokens, one CTA each.
+//     With P = 1 a thread holds up to MaxTokenItems items in registers
+//     (V = span / K); items beyond wait in shared memory (<=
+//     kMaxStageBytes), or are merged twice.
 //   Rows kernels index in 32 bits when every element offset fits (Fits32),
 //     in 64 bits beyond.
 //   PDL only when asked for (MergeLaunchOptions::pdl): it pays when the
