@@ -691,12 +691,13 @@ void PrintRow(FILE* f, const Result& r, bool csv) {
     return;
   }
   std::fprintf(f,
-               "%-4s %2d %5lld %3d %3d %8.2f | %7.2f %7.2f %7.2f %7.2f %5.2f %7.2f | %7.2f %7.2f %5.2f | "
-               "%7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f | %7.2f %5.2f | %7.2f %7.2f %7.2f %5.1f%% "
-               "%5.2f | %7.2f %7.2f %7.2f %7.2f | %lld/%lld/%lld %lld/%lld\n",
+               "%-4s %2d %5lld %3d %3d %8.2f | %7.2f %7.2f %7.2f %7.2f %5.2f %7.2f | "
+               "%7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f | %7.2f %7.2f %5.2f | %7.2f %5.2f | "
+               "%7.2f %7.2f %7.2f %5.1f%% %5.2f | %7.2f %7.2f %7.2f %7.2f | "
+               "%lld/%lld/%lld %lld/%lld\n",
                DtName(s.dtype), s.n, static_cast<long long>(s.t), s.h, s.d, r.traffic / 1e6,
-               r.cold.fused * u, r.cold.fused64 * u, r.cold.pdl * u, r.cold.simple * u, r.cold.fused / r.cold.simple,
-               r.cold.simple64 * u,
+               r.cold.fused * u, r.cold.fused64 * u, r.cold.pdl * u, r.cold.simple * u,
+               r.cold.fused / r.cold.simple, r.cold.simple64 * u,
                r.warm.fused * u, r.warm.simple * u, r.warm.fused / r.warm.simple,
                r.cold.group * u, r.cold.simple_group * u, r.cold.group / r.cold.simple_group,
                r.warm.group * u, r.warm.simple_group * u, r.warm.group / r.warm.simple_group,
@@ -778,15 +779,15 @@ int main(int argc, char** argv) {
   std::printf("# per-launch us in CUDA graphs, L2-cold unless w_; f/s = fused / simple (< 1: "
               "fused faster; simple: 32-bit indices where T*H*D < 2^32, simpl64: int64 "
               "indices; fused64: the fused kernel with 64-bit indices); pdl = fused with PDL "
-              "back to back; %%copy = copy time / fused time; unf/f = unfused / fused; decode shapes: producer (prod), producer -> merge "
-              "(p+m), with PDL (p+m_pdl), with PDL and a triggering producer (p+m_trg); check = "
-              "codes >1 step off vs CPU (tensor/group/token; -1: not checked) and vs simple "
-              "(tensor/group)\n");
-  std::printf("%-4s %2s %5s %3s %3s %8s | %7s %7s %7s %7s %5s %7s | %7s %7s %5s | %7s %7s %5s | %7s "
-              "%7s %5s | %7s %5s | %7s %7s %7s %6s %5s | %7s %7s %7s %7s | %s\n",
-              "dt", "N", "T", "H", "D", "MB", "fused", "fused64", "pdl", "simple", "f/s", "simpl64", "w_fused",
-              "w_simpl", "f/s", "group", "s_group", "f/s", "w_group", "w_sgrp", "f/s", "token",
-              "t/f", "copy", "read", "empty", "%copy", "unf/f", "prod", "p+m", "p+m_pdl",
+              "back to back; %%copy = copy time / fused time; unf/f = unfused / fused; decode "
+              "shapes: producer (prod), producer -> merge (p+m), with PDL (p+m_pdl), with PDL "
+              "and a triggering producer (p+m_trg); check = codes >1 step off vs CPU "
+              "(tensor/group/token; -1: not checked) and vs simple (tensor/group)\n");
+  std::printf("%-4s %2s %5s %3s %3s %8s | %7s %7s %7s %7s %5s %7s | %7s %7s %5s | %7s %7s "
+              "%5s | %7s %7s %5s | %7s %5s | %7s %7s %7s %6s %5s | %7s %7s %7s %7s | %s\n",
+              "dt", "N", "T", "H", "D", "MB", "fused", "fused64", "pdl", "simple", "f/s", "simpl64",
+              "w_fused", "w_simpl", "f/s", "group", "s_group", "f/s", "w_group", "w_sgrp", "f/s",
+              "token", "t/f", "copy", "read", "empty", "%copy", "unf/f", "prod", "p+m", "p+m_pdl",
               "p+m_trg", "check");
   std::vector<Result> all;
   for (const Shape& s : grid) {
