@@ -2,10 +2,20 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
+
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/support/slice.h"
 
 namespace dcpmerge {
+namespace {
 
-void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
+// Fills everything but a whole output, which it leaves out when
+// `whole_output` is null and reports there otherwise (true: the rank gets
+// r.output as it is). A head slice is always filled.
+void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole_output) {
   out->Clear();
   out->set_step(r.step);
   out->set_layer(r.layer);
@@ -31,7 +41,11 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   out->set_head_count(heads.count);
   const int64_t es = spec.OutputElementBytes();
   if (hc == H) {
-    out->set_output(r.output.data(), r.output.size());
+    if (whole_output != nullptr) {
+      *whole_output = true;
+    } else {
+      out->set_output(r.output.data(), r.output.size());
+    }
     for (float s : r.scales) out->add_scales(s);
     if (!r.lse.empty()) out->set_lse(r.lse.data(), r.lse.size() * sizeof(float));
     return;
@@ -60,6 +74,39 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
       for (int64_t t = 0; t < T; ++t) memcpy(dst + t * hc, r.lse.data() + t * H + hb, hc * sizeof(float));
     }
   }
+}
+
+}  // namespace
+
+void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) { Fill(r, rank, out, nullptr); }
+
+grpc::ByteBuffer SerializeResponse(std::shared_ptr<const StepResult> r, int32_t rank, uint64_t* payload_bytes) {
+  v1::MergeResponse msg;
+  bool whole = false;
+  Fill(*r, rank, &msg, &whole);
+  *payload_bytes = (whole ? r->output.size() : msg.output().size()) + msg.lse().size() + msg.scales_size() * sizeof(float);
+  std::string head = msg.SerializeAsString();
+  if (!whole) {
+    grpc::Slice slice(head);
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  // The output field after the others: parsers take fields in any order.
+  {
+    using google::protobuf::internal::WireFormatLite;
+    google::protobuf::io::StringOutputStream stream(&head);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.WriteTag(WireFormatLite::MakeTag(v1::MergeResponse::kOutputFieldNumber,
+                                           WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    coded.WriteVarint64(r->output.size());
+  }
+  const StepResult* raw = r.get();
+  grpc::Slice slices[2] = {
+      grpc::Slice(head),
+      grpc::Slice(const_cast<uint8_t*>(raw->output.data()), raw->output.size(),
+                  [](void* keep) { delete static_cast<std::shared_ptr<const StepResult>*>(keep); },
+                  new std::shared_ptr<const StepResult>(std::move(r))),
+  };
+  return grpc::ByteBuffer(slices, 2);
 }
 
 }  // namespace dcpmerge
