@@ -17,7 +17,10 @@
 // server (common/channel_args.h: message size limits, 64 MiB HTTP/2 stream
 // lookahead). A step is the time from the
 // earliest rank starting its call to the last rank getting its answer; the
-// ranks start each step together (barrier). Before timing, the first
+// ranks start each step together (barrier). A case's echo and merge steps
+// alternate in blocks of 10 (both servers up, both sets of connections
+// open), so both see the same load; steps/s = 1 / mean step time of each.
+// Before timing, the first
 // --verify_steps merges of every case are compared byte for byte with
 // MergeOnCpu on the same inputs (the CUDA backend may be one FP8 code step
 // off, the contract's tolerance). The server's merge phase (the last part's
@@ -201,7 +204,7 @@ class StepGate {
 struct Timing {
   int steps = 0;
   std::vector<double> step_us;  // per timed step: first start to last end
-  double wall_s = 0;            // first timed start to last timed end
+  double wall_s = 0;            // RunSteps: first timed start to last timed end; per kind: sum of steps
   int failures = 0;
   std::string first_error;
 };
@@ -301,13 +304,26 @@ class Bench {
   Bench(int echo_port, double deadline_s)
       : echo_target_(absl::StrCat("127.0.0.1:", echo_port)), echo_port_(echo_port), deadline_s_(deadline_s) {}
 
-  // Budget of the next measurement given `left` measurements still to run.
+  // Budget of one measurement (a case has two) given `left` cases still
+  // to run.
   double Budget(int left) const {
     const double remaining = deadline_s_ - SecondsSince(start_);
-    return std::max(0.0, std::min(absl::GetFlag(FLAGS_seconds_per_measurement), remaining / std::max(1, left)));
+    return std::max(0.0,
+                    std::min(absl::GetFlag(FLAGS_seconds_per_measurement), remaining / std::max(1, 2 * left)));
   }
 
-  void RunEcho(const std::vector<std::vector<RankData>>& sets, int left, Row* row) {
+  // One case: its echo and its merge, their steps interleaved.
+  void RunCase(const std::vector<std::vector<RankData>>& sets, int left, Row* row) {
+    const double budget = Budget(left);
+    WithEcho(sets, row, [&](const RankOp& echo) {
+      WithMerge(sets, row, [&](const RankOp& merge) { RunInterleaved(row->c.N, echo, merge, budget, row); });
+    });
+  }
+
+ private:
+  // Connects the echo's ranks and runs `body` with their step.
+  void WithEcho(const std::vector<std::vector<RankData>>& sets, Row* row,
+                const std::function<void(const RankOp&)>& body) {
     const Case c = row->c;
     struct EchoRank {
       std::shared_ptr<grpc::Channel> channel;
@@ -343,8 +359,7 @@ class Bench {
       }
       return absl::OkStatus();
     };
-    row->echo = RunSteps(c.N, absl::GetFlag(FLAGS_warmup_steps), absl::GetFlag(FLAGS_max_steps),
-                         absl::GetFlag(FLAGS_min_steps), Budget(left), op);
+    body(op);
     row->echo_conns = CountConnectionsTo(echo_port_);
     for (auto& e : ranks) {
       e->rw->WritesDone();
@@ -353,7 +368,10 @@ class Bench {
     }
   }
 
-  void RunMerge(const std::vector<std::vector<RankData>>& sets, int left, Row* row) {
+  // Starts a merge server, joins the ranks, checks the first merges against
+  // MergeOnCpu and runs `body` with the ranks' step (not on a failure).
+  void WithMerge(const std::vector<std::vector<RankData>>& sets, Row* row,
+                 const std::function<void(const RankOp&)>& body) {
     const Case c = row->c;
     // bf16 in, LSE base e in [H,T], FP8 per tensor, full return.
     const v1::GroupConfig cfg = DefaultGroupConfig(c.N, c.H, c.D, c.T);
@@ -460,14 +478,33 @@ class Bench {
       }
       return absl::OkStatus();
     };
-    row->merge = RunSteps(c.N, absl::GetFlag(FLAGS_warmup_steps), absl::GetFlag(FLAGS_max_steps),
-                          absl::GetFlag(FLAGS_min_steps), Budget(left), op);
+    body(op);
     row->stats = (*server)->GetStats();
     clients.clear();
     (*server)->Shutdown();
   }
 
- private:
+  // The echo's and the merge's steps alternate in blocks of kBlockSteps,
+  // so both see the same load: on a shared machine, load that changed
+  // between two separate measurements moved their ratio by tens of %.
+  // Each gets the warm-up, at least min_steps and the budget it would get
+  // alone.
+  static void RunInterleaved(int n, const RankOp& echo, const RankOp& merge, double budget_s, Row* row) {
+    constexpr int kBlockSteps = 10;
+    auto is_echo = [](int idx) { return (idx / kBlockSteps) % 2 == 0; };
+    const RankOp op = [&](int r, int idx) { return is_echo(idx) ? echo(r, idx) : merge(r, idx); };
+    const int warmup = 2 * absl::GetFlag(FLAGS_warmup_steps);
+    const Timing all = RunSteps(n, warmup, 2 * absl::GetFlag(FLAGS_max_steps), 2 * absl::GetFlag(FLAGS_min_steps),
+                                2 * budget_s, op);
+    for (int i = 0; i < all.steps; ++i) (is_echo(warmup + i) ? row->echo : row->merge).step_us.push_back(all.step_us[i]);
+    for (Timing* t : {&row->echo, &row->merge}) {
+      t->steps = static_cast<int>(t->step_us.size());
+      for (double us : t->step_us) t->wall_s += us / 1e6;
+    }
+    row->merge.failures = all.failures;
+    row->merge.first_error = all.first_error;
+  }
+
   const std::string echo_target_;
   const int echo_port_;
   const double deadline_s_;
@@ -534,15 +571,14 @@ int Run() {
   std::fflush(stdout);
 
   Bench bench(echo_port, absl::GetFlag(FLAGS_max_total_s));
-  int left = 2 * static_cast<int>(rows.size());
+  int left = static_cast<int>(rows.size());
   for (size_t i = 0; i < rows.size();) {
     // All cases of one shape share its inputs (generated for 4 ranks).
     const Case c0 = rows[i].c;
     const auto sets = MakeInputs(c0.T, c0.H, c0.D, absl::GetFlag(FLAGS_seed));
     for (; i < rows.size() && rows[i].c.T == c0.T && rows[i].c.H == c0.H; ++i) {
       Row& row = rows[i];
-      bench.RunEcho(sets, left--, &row);
-      bench.RunMerge(sets, left--, &row);
+      bench.RunCase(sets, left--, &row);
       std::fprintf(stderr, "  T=%d H=%d D=%d N=%d: echo %d steps, merge %d steps%s\n", row.c.T, row.c.H,
                    row.c.D, row.c.N, row.echo.steps, row.merge.steps,
                    row.error.empty() ? "" : absl::StrCat(" ERROR ", row.error).c_str());
