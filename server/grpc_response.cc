@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "dcpmerge/v1/data.pb.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl_lite.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -12,10 +13,9 @@
 namespace dcpmerge {
 namespace {
 
-// Fills everything but a whole output, which it leaves out when
-// `whole_output` is null and reports there otherwise (true: the rank gets
-// r.output as it is). A head slice is always filled.
-void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole_output) {
+// The rank's answer but for a whole output: returns true when the rank gets
+// r.output as it is (left out of *out); a head slice is filled in.
+bool Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   out->Clear();
   out->set_step(r.step);
   out->set_layer(r.layer);
@@ -24,7 +24,7 @@ void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole
   out->set_status_code(static_cast<int32_t>(r.status.code()));
   if (!r.status.ok() || r.config == nullptr) {
     out->set_status_message(std::string(r.status.message()));
-    return;
+    return false;
   }
   const GroupSpec& spec = r.config->spec;
   const int64_t T = r.num_tokens;
@@ -33,7 +33,7 @@ void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole
   if (spec.head_slice && (rank < 0 || rank >= spec.num_parts)) {
     out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
     out->set_status_message("header.rank: the stream is not bound to a rank of the group");
-    return;
+    return false;
   }
   const HeadRange heads = spec.Heads(rank);
   const int64_t hb = heads.begin, hc = heads.count;
@@ -41,14 +41,9 @@ void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole
   out->set_head_count(heads.count);
   const int64_t es = spec.OutputElementBytes();
   if (hc == H) {
-    if (whole_output != nullptr) {
-      *whole_output = true;
-    } else {
-      out->set_output(r.output.data(), r.output.size());
-    }
     for (float s : r.scales) out->add_scales(s);
     if (!r.lse.empty()) out->set_lse(r.lse.data(), r.lse.size() * sizeof(float));
-    return;
+    return true;
   }
   // Head slice: rows [hb, hb+hc) of every token.
   std::string* o = out->mutable_output();
@@ -74,17 +69,16 @@ void Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out, bool* whole
       for (int64_t t = 0; t < T; ++t) memcpy(dst + t * hc, r.lse.data() + t * H + hb, hc * sizeof(float));
     }
   }
+  return false;
 }
 
 }  // namespace
 
-void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) { Fill(r, rank, out, nullptr); }
-
 grpc::ByteBuffer SerializeResponse(std::shared_ptr<const StepResult> r, int32_t rank, uint64_t* payload_bytes) {
   v1::MergeResponse msg;
-  bool whole = false;
-  Fill(*r, rank, &msg, &whole);
-  *payload_bytes = (whole ? r->output.size() : msg.output().size()) + msg.lse().size() + msg.scales_size() * sizeof(float);
+  const bool whole = Fill(*r, rank, &msg);
+  *payload_bytes =
+      (whole ? r->output.size() : msg.output().size()) + msg.lse().size() + msg.scales_size() * sizeof(float);
   std::string head = msg.SerializeAsString();
   if (!whole) {
     grpc::Slice slice(head);

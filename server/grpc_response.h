@@ -9,16 +9,13 @@
 #include <cstdint>
 #include <memory>
 
-#include "dcpmerge/v1/data.pb.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "server/step_collector.h"
 
 namespace dcpmerge {
 
-void FillResponse(const StepResult& result, int32_t rank, v1::MergeResponse* out);
-
-// FillResponse's answer, serialized as gRPC writes it. A rank that gets the
-// whole output (full return) gets it without a copy: its `output` field is
+// The answer, serialized as gRPC writes it. A rank that gets the whole
+// output (full return) gets it without a copy: its `output` field is
 // a slice of the step's one output buffer, which the slice keeps alive
 // until the transport has sent it, so N ranks cost no N copies. A head
 // slice is copied (it is not contiguous) and serialized with the rest.
