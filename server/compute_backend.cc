@@ -19,10 +19,11 @@
 namespace dcpmerge {
 namespace {
 
-// Up to this many element-parts (T*H*D*N) MergeOnCpu runs on one thread,
-// in about 30-100 us on the build machine (docs/benchmarks.md): short
-// enough for the thread that completed the step. Larger merges go to the
-// merge thread and use MergeOnCpu's worker threads.
+// Up to this many element-parts (T*H*D*N) MergeOnCpu runs on one thread
+// (decode steps of 16-64 K element-parts took 28-56 us on the build
+// machine, docs/benchmarks.md): short enough for the thread that completed
+// the step. Larger merges go to the merge thread and use MergeOnCpu's
+// worker threads.
 constexpr int64_t kCpuInlineWork = int64_t{1} << 17;
 
 class CpuBackend : public ComputeBackend {
