@@ -58,6 +58,9 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
   void OnCancel() override { MarkBoundRankLost("data stream reset (peer cancelled, connection lost or gRPC reset it)"); }
 
   void OnReadDone(bool ok) override {
+    // A message that does not parse ends the reads, as it did when gRPC
+    // parsed it for a typed method.
+    if (ok && !grpc::SerializationTraits<v1::MergeRequest>::Deserialize(&in_, &req_).ok()) ok = false;
     if (!ok) {
       {
         absl::MutexLock lock(&mu_);
@@ -67,11 +70,6 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
       // A half-close is the rank's orderly end of the stream; anything else
       // ends its membership now (OnCancel may come later or not at all).
       if (context_->IsCancelled()) MarkBoundRankLost("data stream broken (peer cancelled or died)");
-      return;
-    }
-    if (!grpc::SerializationTraits<v1::MergeRequest>::Deserialize(&in_, &req_).ok()) {
-      absl::MutexLock lock(&mu_);
-      FinishLocked(grpc::Status(grpc::StatusCode::INTERNAL, "MergeRequest: cannot parse the message"));
       return;
     }
     plane_->stats_->AddBytesIn(req_.partial_out().size() + req_.lse().size());

@@ -312,8 +312,6 @@ void StepCollector::Submit(StepPart part, StepDone done) {
           p.first = header;
           p.staging = std::make_shared<StagingSlot>();
           p.staging->num_parts = current->spec.num_parts;
-          p.staging->out_bytes = current->spec.PartialOutBytes(header.num_tokens());
-          p.staging->lse_bytes = current->spec.LseBytes(header.num_tokens());
           p.parts.resize(current->spec.num_parts);
           p.have.assign(current->spec.num_parts, false);
           p.first_arrival = absl::Now();
@@ -334,7 +332,11 @@ void StepCollector::Submit(StepPart part, StepDone done) {
           p.bytes += part_bytes;
           pending_bytes_ += part_bytes;
           p.last_arrival = absl::Now();
-          ++p.received;
+          if (p.received++ == 0) {
+            // Sizes from the first part that passed CheckPart (the others agree).
+            p.staging->out_bytes = p.config->spec.PartialOutBytes(header.num_tokens());
+            p.staging->lse_bytes = p.config->spec.LseBytes(header.num_tokens());
+          }
           slot = p.staging;
           serial = p.serial;
         }
