@@ -198,15 +198,18 @@ class CudaBackend : public ComputeBackend {
   absl::Status StagePart(Staging* staging, int rank, const void* out, const void* lse) override {
     auto* s = static_cast<CudaStaging*>(staging);
     BufferSet& b = s->set();
-    char* host = b.host_in + rank * b.in_stride;
-    std::memcpy(host, out, s->out_bytes());
-    std::memcpy(host + s->lse_offset(), lse, s->lse_bytes());
     cudaStream_t stream = b.part_streams[rank];
     cudaEventRecord(b.copy_start[rank], stream);
-    if (cudaError_t e = cudaMemcpyAsync(b.dev_in + rank * b.in_stride, host, s->lse_offset() + s->lse_bytes(),
-                                        cudaMemcpyHostToDevice, stream);
-        e != cudaSuccess) {
-      return CudaError("cudaMemcpyAsync H2D", e);
+    const size_t bytes = s->lse_offset() + s->lse_bytes();
+    if (bytes > 0) {  // an empty step (T = 0) has no buffers to copy into
+      char* host = b.host_in + rank * b.in_stride;
+      std::memcpy(host, out, s->out_bytes());
+      std::memcpy(host + s->lse_offset(), lse, s->lse_bytes());
+      if (cudaError_t e =
+              cudaMemcpyAsync(b.dev_in + rank * b.in_stride, host, bytes, cudaMemcpyHostToDevice, stream);
+          e != cudaSuccess) {
+        return CudaError("cudaMemcpyAsync H2D", e);
+      }
     }
     if (cudaError_t e = cudaEventRecord(b.copy_end[rank], stream); e != cudaSuccess) {
       return CudaError("cudaEventRecord", e);
