@@ -497,7 +497,9 @@ class Bench {
     const int warmup = 2 * absl::GetFlag(FLAGS_warmup_steps);
     const Timing all = RunSteps(n, warmup, 2 * absl::GetFlag(FLAGS_max_steps), 2 * absl::GetFlag(FLAGS_min_steps),
                                 2 * budget_s, op);
-    for (int i = 0; i < all.steps; ++i) (is_echo(warmup + i) ? row->echo : row->merge).step_us.push_back(all.step_us[i]);
+    for (int i = 0; i < all.steps; ++i) {
+      (is_echo(warmup + i) ? row->echo : row->merge).step_us.push_back(all.step_us[i]);
+    }
     for (Timing* t : {&row->echo, &row->merge}) {
       t->steps = static_cast<int>(t->step_us.size());
       for (double us : t->step_us) t->wall_s += us / 1e6;

@@ -29,7 +29,8 @@ check() {  # check NAME LOG CMD...: runs CMD, logs it, records a table row
   timeout 300 "$@" > "$out/$log" 2>&1
   local rc=$?
   local summary
-  summary=$(grep -E "PASSED|FAILED|^PASS|^FAIL|accuracy|CUDA backend vs CPU|backend |ERROR SUMMARY|step/echo|cuda merge|device " "$out/$log" | tr '\n' ' ' | cut -c1-300)
+  summary=$(grep -E "PASSED|FAILED|^PASS|^FAIL|accuracy|CUDA backend vs CPU|backend |ERROR SUMMARY|step/echo|cuda merge|device " \
+    "$out/$log" | tr '\n' ' ' | cut -c1-300)
   rows+=("$(printf '%-28s rc=%-3s %4ss  %s' "$name" "$rc" "$((SECONDS - t0))" "$summary")")
 }
 
