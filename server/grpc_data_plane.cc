@@ -24,7 +24,7 @@ struct GrpcDataPlane::StreamState {
 // TryCancel) is issued under mu_ and never after Finish, so none races
 // OnDone; gRPC runs no reaction of a bidi stream inline, so holding mu_
 // while issuing them cannot deadlock.
-class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse> {
+class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   Reactor(GrpcDataPlane* plane, grpc::CallbackServerContext* context, int32_t token_rank)
       : plane_(plane), context_(context), token_rank_(token_rank), state_(std::make_shared<StreamState>()) {
@@ -36,7 +36,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   // Accepted: start reading.
   void Start() {
     absl::MutexLock lock(&mu_);
-    StartRead(&req_);
+    StartRead(&in_);
   }
 
   // Refused at open: ends with `status` at once.
@@ -58,6 +58,9 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   void OnCancel() override { MarkBoundRankLost("data stream reset (peer cancelled, connection lost or gRPC reset it)"); }
 
   void OnReadDone(bool ok) override {
+    // A message that does not parse ends the reads, as it did when gRPC
+    // parsed it for a typed method.
+    if (ok && !grpc::SerializationTraits<v1::MergeRequest>::Deserialize(&in_, &req_).ok()) ok = false;
     if (!ok) {
       {
         absl::MutexLock lock(&mu_);
@@ -125,7 +128,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
       read_paused_ = true;  // resumes when the rank has taken some of its answers
       plane_->paused_reads_.fetch_add(1);
     } else {
-      StartRead(&req_);
+      StartRead(&in_);
     }
   }
 
@@ -268,16 +271,15 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
     if (broken_) queue_.clear();
     if (read_paused_ && queue_.size() < plane_->options_.max_response_queue / 2 + 1) {
       read_paused_ = false;
-      StartRead(&req_);
+      StartRead(&in_);
     }
     if (!writing_ && !queue_.empty()) {
       std::shared_ptr<const StepResult> r = std::move(queue_.front());
       queue_.pop_front();
       write_started_ = absl::Now();
-      FillResponse(*r, rank_, &resp_);
-      write_bytes_ = resp_.output().size() + resp_.lse().size() + resp_.scales_size() * 4;
+      out_ = SerializeResponse(std::move(r), rank_, &write_bytes_);
       writing_ = true;
-      StartWrite(&resp_);
+      StartWrite(&out_);
       return;
     }
     if (writing_ || outstanding_ > 0 || !queue_.empty()) return;
@@ -292,10 +294,11 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<v1::MergeRequest, 
   grpc::CallbackServerContext* const context_;
   const int32_t token_rank_;
   const std::shared_ptr<StreamState> state_;
-  v1::MergeRequest req_;  // the one outstanding read
+  grpc::ByteBuffer in_;   // the one outstanding read
+  v1::MergeRequest req_;  // in_, parsed
 
   mutable absl::Mutex mu_;
-  v1::MergeResponse resp_ ABSL_GUARDED_BY(mu_);  // the one outstanding write
+  grpc::ByteBuffer out_ ABSL_GUARDED_BY(mu_);  // the one outstanding write
   std::deque<std::shared_ptr<const StepResult>> queue_ ABSL_GUARDED_BY(mu_);
   int64_t outstanding_ ABSL_GUARDED_BY(mu_) = 0;  // parts read, not yet answered
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -332,7 +335,7 @@ GrpcDataPlane::~GrpcDataPlane() {
   if (housekeeping_.joinable()) housekeeping_.join();
 }
 
-grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* GrpcDataPlane::MergeStream(
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* GrpcDataPlane::MergeStream(
     grpc::CallbackServerContext* context) {
   grpc::Status refuse;
   int32_t token_rank = JoinSecretCheck::kAnyRank;

@@ -57,7 +57,11 @@
 
 namespace dcpmerge {
 
-class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPlane {
+// The method is served raw (bytes in and out) so that an answer can point at
+// the step's output instead of copying it (grpc_response.h); requests are
+// parsed here as gRPC would.
+class GrpcDataPlane final : public v1::MergeData::WithRawCallbackMethod_MergeStream<v1::MergeData::Service>,
+                            public DataPlane {
  public:
   struct Options {
     size_t max_streams = 256;
@@ -78,7 +82,7 @@ class GrpcDataPlane final : public v1::MergeData::CallbackService, public DataPl
   GrpcDataPlane(StepCollector* collector, Group* group, Stats* stats, Options options, AuthFn auth);
   ~GrpcDataPlane() override;
 
-  grpc::ServerBidiReactor<v1::MergeRequest, v1::MergeResponse>* MergeStream(
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* MergeStream(
       grpc::CallbackServerContext* context) override;
 
   v1::DataPlane kind() const override { return v1::DATA_PLANE_GRPC; }

@@ -2,10 +2,20 @@
 
 #include <cstring>
 #include <string>
+#include <utility>
+
+#include "dcpmerge/v1/data.pb.h"
+#include "google/protobuf/io/coded_stream.h"
+#include "google/protobuf/io/zero_copy_stream_impl_lite.h"
+#include "google/protobuf/wire_format_lite.h"
+#include "grpcpp/support/slice.h"
 
 namespace dcpmerge {
+namespace {
 
-void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
+// The rank's answer but for a whole output: returns true when the rank gets
+// r.output as it is (left out of *out); a head slice is filled in.
+bool Fill(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   out->Clear();
   out->set_step(r.step);
   out->set_layer(r.layer);
@@ -14,7 +24,7 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   out->set_status_code(static_cast<int32_t>(r.status.code()));
   if (!r.status.ok() || r.config == nullptr) {
     out->set_status_message(std::string(r.status.message()));
-    return;
+    return false;
   }
   const GroupSpec& spec = r.config->spec;
   const int64_t T = r.num_tokens;
@@ -23,7 +33,7 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   if (spec.head_slice && (rank < 0 || rank >= spec.num_parts)) {
     out->set_status_code(static_cast<int32_t>(absl::StatusCode::kInvalidArgument));
     out->set_status_message("header.rank: the stream is not bound to a rank of the group");
-    return;
+    return false;
   }
   const HeadRange heads = spec.Heads(rank);
   const int64_t hb = heads.begin, hc = heads.count;
@@ -31,10 +41,9 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
   out->set_head_count(heads.count);
   const int64_t es = spec.OutputElementBytes();
   if (hc == H) {
-    out->set_output(r.output.data(), r.output.size());
     for (float s : r.scales) out->add_scales(s);
     if (!r.lse.empty()) out->set_lse(r.lse.data(), r.lse.size() * sizeof(float));
-    return;
+    return true;
   }
   // Head slice: rows [hb, hb+hc) of every token.
   std::string* o = out->mutable_output();
@@ -60,6 +69,38 @@ void FillResponse(const StepResult& r, int32_t rank, v1::MergeResponse* out) {
       for (int64_t t = 0; t < T; ++t) memcpy(dst + t * hc, r.lse.data() + t * H + hb, hc * sizeof(float));
     }
   }
+  return false;
+}
+
+}  // namespace
+
+grpc::ByteBuffer SerializeResponse(std::shared_ptr<const StepResult> r, int32_t rank, uint64_t* payload_bytes) {
+  v1::MergeResponse msg;
+  const bool whole = Fill(*r, rank, &msg);
+  *payload_bytes =
+      (whole ? r->output.size() : msg.output().size()) + msg.lse().size() + msg.scales_size() * sizeof(float);
+  std::string head = msg.SerializeAsString();
+  if (!whole) {
+    grpc::Slice slice(head);
+    return grpc::ByteBuffer(&slice, 1);
+  }
+  // The output field after the others: parsers take fields in any order.
+  {
+    using google::protobuf::internal::WireFormatLite;
+    google::protobuf::io::StringOutputStream stream(&head);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.WriteTag(WireFormatLite::MakeTag(v1::MergeResponse::kOutputFieldNumber,
+                                           WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
+    coded.WriteVarint64(r->output.size());
+  }
+  const StepResult* raw = r.get();
+  grpc::Slice slices[2] = {
+      grpc::Slice(head),
+      grpc::Slice(const_cast<uint8_t*>(raw->output.data()), raw->output.size(),
+                  [](void* keep) { delete static_cast<std::shared_ptr<const StepResult>*>(keep); },
+                  new std::shared_ptr<const StepResult>(std::move(r))),
+  };
+  return grpc::ByteBuffer(slices, 2);
 }
 
 }  // namespace dcpmerge

@@ -550,6 +550,9 @@ v1::GetStatsResponse MergeServer::GetStats() const {
   ToProto(s.phases[static_cast<int>(Phase::kMerge)], r.mutable_merge());
   ToProto(s.phases[static_cast<int>(Phase::kSend)], r.mutable_send());
   ToProto(s.phases[static_cast<int>(Phase::kTotal)], r.mutable_total());
+  ToProto(s.device_copy_in, r.mutable_device_copy_in());
+  ToProto(s.device_kernel, r.mutable_device_kernel());
+  ToProto(s.device_copy_out, r.mutable_device_copy_out());
   for (const auto& [code, n] : s.errors_by_code) (*r.mutable_errors_by_code())[code] = n;
   r.set_steps_in_flight(collector_->InFlight());
   return r;

@@ -35,6 +35,13 @@ void Stats::RecordLatency(Phase phase, absl::Duration d) {
   if (LatencyObserver* o = observer_.load(std::memory_order_acquire)) o->ObserveLatency(phase, us);
 }
 
+void Stats::RecordDeviceTimes(absl::Duration copy_in, absl::Duration kernel, absl::Duration copy_out) {
+  absl::MutexLock lock(&mu_);
+  device_copy_in_.Add(absl::ToDoubleMicroseconds(copy_in));
+  device_kernel_.Add(absl::ToDoubleMicroseconds(kernel));
+  device_copy_out_.Add(absl::ToDoubleMicroseconds(copy_out));
+}
+
 void Stats::AddBytesIn(uint64_t n) {
   absl::MutexLock lock(&mu_);
   bytes_in_ += n;
@@ -73,6 +80,9 @@ StatsSnapshot Stats::Snapshot() const {
   r.bytes_out = bytes_out_;
   r.fp8_saturated = saturated_;
   for (int i = 0; i < kNumPhases; ++i) r.phases[i] = phases_[i].Summary();
+  r.device_copy_in = device_copy_in_.Summary();
+  r.device_kernel = device_kernel_.Summary();
+  r.device_copy_out = device_copy_out_.Summary();
   r.errors_by_code = errors_;
   return r;
 }

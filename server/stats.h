@@ -35,6 +35,11 @@ struct StatsSnapshot {
   uint64_t bytes_out = 0;
   uint64_t fp8_saturated = 0;
   std::array<LatencySummary, kNumPhases> phases;  // indexed by Phase
+  // The CUDA backend's device times per merged step (empty on CPU): the
+  // copies and the kernel its merge phase is made of.
+  LatencySummary device_copy_in;   // H2D of the step's last part
+  LatencySummary device_kernel;
+  LatencySummary device_copy_out;  // D2H of the outputs
   std::map<std::string, uint64_t> errors_by_code;  // "INVALID_ARGUMENT" -> n
 };
 
@@ -67,6 +72,7 @@ class Stats {
     observer_.store(observer, std::memory_order_release);
   }
   void RecordLatency(Phase phase, absl::Duration d);
+  void RecordDeviceTimes(absl::Duration copy_in, absl::Duration kernel, absl::Duration copy_out);
   void AddBytesIn(uint64_t n);
   void AddBytesOut(uint64_t n);
   void AddSaturated(uint64_t n);
@@ -85,6 +91,9 @@ class Stats {
   uint64_t saturated_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<std::string, uint64_t> errors_ ABSL_GUARDED_BY(mu_);
   std::array<LatencyWindow, kNumPhases> phases_ ABSL_GUARDED_BY(mu_);
+  LatencyWindow device_copy_in_ ABSL_GUARDED_BY(mu_);
+  LatencyWindow device_kernel_ ABSL_GUARDED_BY(mu_);
+  LatencyWindow device_copy_out_ ABSL_GUARDED_BY(mu_);
   std::atomic<LatencyObserver*> observer_{nullptr};
 };
 

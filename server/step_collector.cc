@@ -1,6 +1,7 @@
 #include "server/step_collector.h"
 
 #include <algorithm>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -40,6 +41,12 @@ void StepCollector::Stop() {
   Deliver(notes);
   if (merge_thread_.joinable()) merge_thread_.join();
   if (sweep_thread_.joinable()) sweep_thread_.join();
+  {
+    // Merges running on the threads that completed their steps.
+    absl::MutexLock lock(&mu_);
+    auto merged = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return merging_ == 0; };
+    mu_.Await(absl::Condition(&merged));
+  }
   // Steps that were ready but never merged (stop raced the merge thread).
   std::deque<Pending> left;
   {
@@ -195,6 +202,9 @@ absl::Status StepCollector::CheckPart(const StepPart& part,
 
 void StepCollector::Submit(StepPart part, StepDone done) {
   const v1::MergeHeader header = part.header;
+  // Set when the part is accepted: its step, to stage the part into.
+  std::shared_ptr<StagingSlot> slot;
+  uint64_t serial = 0;
   std::shared_ptr<const ConfigSnapshot> current = config_->Current();
   auto reject = [&](const absl::Status& st) {
     std::vector<Notification> notes;
@@ -297,8 +307,11 @@ void StepCollector::Submit(StepPart part, StepDone done) {
         if (it == pending_.end()) {
           Pending p;
           p.step = step;
+          p.serial = ++serials_;
           p.config = current;
           p.first = header;
+          p.staging = std::make_shared<StagingSlot>();
+          p.staging->num_parts = current->spec.num_parts;
           p.parts.resize(current->spec.num_parts);
           p.have.assign(current->spec.num_parts, false);
           p.first_arrival = absl::Now();
@@ -318,20 +331,90 @@ void StepCollector::Submit(StepPart part, StepDone done) {
           ++waiting_by_rank_[rank];
           p.bytes += part_bytes;
           pending_bytes_ += part_bytes;
-          p.parts[rank] = std::move(part);
           p.last_arrival = absl::Now();
-          if (++p.received == static_cast<int>(p.have.size())) {
-            RememberLocked(step, absl::OkStatus());
-            ReleaseWaitingLocked(p);  // nobody waits any more; its bytes stay until merged
-            ready_.push_back(std::move(p));
-            pending_.erase(it);
+          if (p.received++ == 0) {
+            // Sizes from the first part that passed CheckPart (the others agree).
+            p.staging->out_bytes = p.config->spec.PartialOutBytes(header.num_tokens());
+            p.staging->lse_bytes = p.config->spec.LseBytes(header.num_tokens());
           }
+          slot = p.staging;
+          serial = p.serial;
         }
       }
     }
   }
   Deliver(notes);
   if (stall_began && on_stall_change_) on_stall_change_();
+  if (slot != nullptr) {
+    // Outside the lock: a device backend copies the part now, while the
+    // other parts are still on the wire.
+    const absl::Status staged = Stage(*slot, rank, part);
+    Staged(header.step(), serial, rank, std::move(part), staged);
+  }
+}
+
+absl::Status StepCollector::Stage(StagingSlot& slot, int32_t rank, const StepPart& part) {
+  ComputeBackend::Staging* staging;
+  {
+    absl::MutexLock lock(&slot.mu);
+    if (!slot.begun) {
+      slot.begun = true;
+      absl::StatusOr<std::unique_ptr<ComputeBackend::Staging>> s =
+          backend_->BeginStep(slot.num_parts, slot.out_bytes, slot.lse_bytes);
+      if (s.ok()) {
+        slot.staging = std::move(*s);
+      } else {
+        slot.status = s.status();
+      }
+    }
+    if (!slot.status.ok()) return slot.status;
+    staging = slot.staging.get();
+  }
+  return backend_->StagePart(staging, rank, part.partial_out.data(), part.lse.data());
+}
+
+void StepCollector::Staged(uint64_t step, uint64_t serial, int32_t rank, StepPart part, const absl::Status& staged) {
+  std::vector<Notification> notes;
+  std::optional<Pending> merge_here;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = pending_.find(step);
+    // Gone (failed meanwhile, or a newer step of the same id): its waiters
+    // have their answer.
+    if (it == pending_.end() || it->second.serial != serial) return;
+    Pending& p = it->second;
+    if (!staged.ok()) {
+      FailLocked(step,
+                 absl::Status(staged.code(), absl::StrCat("staging rank ", rank, "'s part: ", staged.message())),
+                 &notes);
+    } else {
+      p.parts[rank] = std::move(part);
+      if (++p.staged == static_cast<int>(p.have.size())) {
+        RememberLocked(step, absl::OkStatus());
+        ReleaseWaitingLocked(p);  // nobody waits any more; its bytes stay until merged
+        MergeShape shape;
+        shape.num_parts = p.staging->num_parts;
+        shape.num_tokens = p.first.num_tokens();
+        shape.num_heads = p.config->spec.num_heads;
+        shape.head_size = p.config->spec.head_size;
+        if (backend_->MergesInline(shape)) {
+          ++merging_;
+          merge_here = std::move(p);
+        } else {
+          ready_.push_back(std::move(p));
+        }
+        pending_.erase(it);
+      }
+    }
+  }
+  Deliver(notes);
+  if (!merge_here) return;
+  // A short merge runs here, on the thread that brought the last part:
+  // no hand-off to the merge thread.
+  RunMerge(*merge_here);
+  absl::MutexLock lock(&mu_);
+  --merging_;
+  pending_bytes_ -= merge_here->bytes;
 }
 
 void StepCollector::FailPending(const absl::Status& reason) {
@@ -466,13 +549,20 @@ void StepCollector::RunMerge(Pending& p) {
     args.out_lse = {result->lse.data(), result->lse.size() * sizeof(float)};
   }
 
-  const absl::Time t0 = absl::Now();
-  absl::Status st = backend_->Merge(args);
+  ComputeBackend::DeviceTimes times;
+  absl::Status st;
+  {
+    absl::MutexLock lock(&p.staging->mu);  // staged by now: only to read it
+    st = backend_->MergeStaged(args, p.staging->staging.get(), &times);
+  }
   const absl::Time t1 = absl::Now();
   if (st.ok()) {
     stats_->RecordLatency(Phase::kReceive, p.last_arrival - p.first_arrival);
-    stats_->RecordLatency(Phase::kMerge, t1 - t0);
+    // From the last part's arrival: its staging, any wait for the merge
+    // thread, the merge.
+    stats_->RecordLatency(Phase::kMerge, t1 - p.last_arrival);
     stats_->RecordLatency(Phase::kTotal, t1 - p.first_arrival);
+    if (times.measured) stats_->RecordDeviceTimes(times.last_copy_in, times.kernel, times.copy_out);
     if (fp8) {
       const uint64_t sat = CountSaturatedFp8Codes(result->output.data(), result->output.size());
       if (sat > 0) stats_->AddSaturated(sat);

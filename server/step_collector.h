@@ -28,10 +28,13 @@
 // (the finished table remembers it). A refusal marks the group stalled for
 // `stall_window` (health and metrics show it).
 //
-// Threads: Submit is called from data-plane threads; one merge thread runs
-// the backend (steps merge in completion order); one sweeper thread fails
-// steps past their deadline. `done` runs on one of those threads, without
-// the collector's lock held, and must not block for long.
+// Threads: Submit is called from data-plane threads and stages its part
+// into the backend there (ComputeBackend::StagePart), outside the lock. The
+// thread whose part completes a step merges it when the backend says the
+// merge is short (MergesInline: no hand-off); longer merges go to the one
+// merge thread (in completion order). One sweeper thread fails steps past
+// their deadline. `done` runs on one of those threads, without the
+// collector's lock held, and must not block for long.
 #ifndef DCPMERGE_SERVER_STEP_COLLECTOR_H_
 #define DCPMERGE_SERVER_STEP_COLLECTOR_H_
 
@@ -138,14 +141,27 @@ class StepCollector {
     int32_t rank;
     StepDone done;
   };
+  // A step's staging on the backend. Opened by the first of its parts to
+  // get there and used by the others, all outside the collector's lock.
+  struct StagingSlot {
+    int num_parts = 0;
+    size_t out_bytes = 0, lse_bytes = 0;  // per part
+    absl::Mutex mu;
+    bool begun ABSL_GUARDED_BY(mu) = false;
+    absl::Status status ABSL_GUARDED_BY(mu);  // BeginStep's failure
+    std::unique_ptr<ComputeBackend::Staging> staging ABSL_GUARDED_BY(mu);  // null: nothing staged (CPU)
+  };
   struct Pending {
     uint64_t step = 0;
+    uint64_t serial = 0;  // tells it from a later step of the same id (ForgetFinished)
+    std::shared_ptr<StagingSlot> staging;
     std::shared_ptr<const ConfigSnapshot> config;
     v1::MergeHeader first;  // reference header
     std::vector<StepPart> parts;
     std::vector<bool> have;
     std::vector<Waiter> waiters;
-    int received = 0;
+    int received = 0;   // parts accepted
+    int staged = 0;     // parts accepted and staged: the step is complete at N
     int64_t bytes = 0;  // payload bytes of the parts held
     absl::Time first_arrival;
     absl::Time last_arrival;
@@ -163,6 +179,12 @@ class StepCollector {
   void RememberLocked(uint64_t step, const absl::Status& status)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status CheckPart(const StepPart& part, const Pending& pending) const;
+  // An accepted part to its step's staging (BeginStep first if it is the
+  // first there); not under the lock.
+  absl::Status Stage(StagingSlot& slot, int32_t rank, const StepPart& part);
+  // Takes a staged part in; the step's last part merges it here (when the
+  // backend says the merge is short) or hands it to the merge thread.
+  void Staged(uint64_t step, uint64_t serial, int32_t rank, StepPart part, const absl::Status& staged);
   void MergeLoop();
   void SweepLoop();
   void RunMerge(Pending& p);
@@ -185,7 +207,8 @@ class StepCollector {
   mutable absl::Mutex mu_;
   std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mu_);
   std::deque<Pending> ready_ ABSL_GUARDED_BY(mu_);
-  size_t merging_ ABSL_GUARDED_BY(mu_) = 0;
+  size_t merging_ ABSL_GUARDED_BY(mu_) = 0;  // on the merge thread or inline
+  uint64_t serials_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<uint64_t, absl::Status> finished_ ABSL_GUARDED_BY(mu_);
   std::deque<uint64_t> finished_order_ ABSL_GUARDED_BY(mu_);
   absl::Status refuse_ ABSL_GUARDED_BY(mu_);  // non-OK: not accepting

@@ -349,6 +349,16 @@ int Run() {
   std::printf("  server      receive p50 %.2f ms, merge p50 %.2f ms / p99 %.2f ms, send p50 %.3f ms\n",
               stats.receive().p50_us() / 1e3, stats.merge().p50_us() / 1e3, stats.merge().p99_us() / 1e3,
               stats.send().p50_us() / 1e3);
+  if (stats.device_kernel().count() > 0) {
+    // The merge phase (last part in to results ready) next to the device
+    // work it is made of, from the device's clock over the same steps.
+    const double need =
+        stats.device_copy_in().p50_us() + stats.device_kernel().p50_us() + stats.device_copy_out().p50_us();
+    std::printf("  device      p50: H2D of the last part %.1f us, kernel %.1f us, D2H of the output %.1f us; "
+                "merge phase %.1f us = %.2fx their sum (%.1f us)\n",
+                stats.device_copy_in().p50_us(), stats.device_kernel().p50_us(), stats.device_copy_out().p50_us(),
+                stats.merge().p50_us(), need > 0 ? stats.merge().p50_us() / need : 0.0, need);
+  }
   std::printf("  accuracy    max |decode(FP8)*scale - float64 merge| = %.4g (%.2f of the rtol=atol=0.1 bound)\n",
               max_abs_err, max_tol_ratio);
   std::printf("  edge cases  %llu empty partitions (-inf/+inf/NaN LSE, NaN O), %llu all-empty (token,head), "

@@ -113,7 +113,8 @@ void LatencyHistograms::Observe(int phase, double us) {
 
 MetricFamily LatencyHistograms::Collect() const {
   MetricFamily f = Family("dcpmerge_step_phase_duration_seconds",
-                          "Step latency per phase: receive = first part to last part, merge = compute call, "
+                          "Step latency per phase: receive = first part to last part, "
+                          "merge = last part in to results ready, "
                           "send = one response handed to the transport, total = first part to results ready",
                           MetricType::Histogram);
   for (size_t i = 0; i < phases_.size(); ++i) {

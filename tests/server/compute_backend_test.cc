@@ -3,9 +3,14 @@
 // The CUDA cases skip, with the reason, where no GPU is usable.
 #include "server/compute_backend.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -31,8 +36,9 @@ struct Outputs {
   std::vector<float> lse;
 };
 
-Outputs MergeWith(ComputeBackend& backend, const std::vector<PartData>& parts, int64_t T, int H,
-            int D, OutputMode mode, float scale) {
+// The arguments of a merge of `parts` into `o`'s buffers (poisoned first).
+MergeArgs ArgsFor(const std::vector<PartData>& parts, int64_t T, int H, int D, OutputMode mode,
+                  const float* scale, Outputs* o) {
   MergeArgs a;
   a.shape = {static_cast<int32_t>(parts.size()), T, H, D};
   a.config.input_dtype = DType::kBFloat16;
@@ -46,17 +52,22 @@ Outputs MergeWith(ComputeBackend& backend, const std::vector<PartData>& parts, i
   a.partial_lse_bytes = parts[0].lse.size() * sizeof(float);
   a.token_stride = int64_t{H} * D;
   a.head_stride = D;
-  a.static_scale = &scale;
-  Outputs o;
-  o.out.assign(OutputBytes(a.shape, a.config), 0xA5);  // poison
-  a.out = {o.out.data(), o.out.size()};
-  o.scales.assign(std::max<int64_t>(OutputScaleCount(a.shape, a.config), 1), -1.0f);
+  a.static_scale = scale;
+  o->out.assign(OutputBytes(a.shape, a.config), 0xA5);  // poison
+  a.out = {o->out.data(), o->out.size()};
+  o->scales.assign(std::max<int64_t>(OutputScaleCount(a.shape, a.config), 1), -1.0f);
   if (mode != OutputMode::kFp8PerTensor && mode != OutputMode::kPassthrough) {
-    a.out_scales = {o.scales.data(), o.scales.size() * sizeof(float)};
+    a.out_scales = {o->scales.data(), o->scales.size() * sizeof(float)};
   }
-  o.lse.assign(T * H, 12345.0f);
-  a.out_lse = {o.lse.data(), o.lse.size() * sizeof(float)};
-  o.status = backend.Merge(a);
+  o->lse.assign(T * H, 12345.0f);
+  a.out_lse = {o->lse.data(), o->lse.size() * sizeof(float)};
+  return a;
+}
+
+Outputs MergeWith(ComputeBackend& backend, const std::vector<PartData>& parts, int64_t T, int H,
+            int D, OutputMode mode, float scale) {
+  Outputs o;
+  o.status = backend.Merge(ArgsFor(parts, T, H, D, mode, &scale, &o));
   return o;
 }
 
@@ -91,13 +102,14 @@ TEST(ComputeBackendTest, CudaMatchesCpuWithinOneCodeStep) {
   auto cpu = MakeComputeBackend("cpu", 0, &why);
   ASSERT_TRUE(cpu.ok());
 
-  // Growing then shrinking shapes also exercise the backend's buffer reuse.
+  // Growing then shrinking shapes also exercise the backend's buffer reuse;
+  // T = 0 is a valid empty step.
   struct Shape {
     int n;
     int64_t t;
     int h, d;
   };
-  const Shape shapes[] = {{4, 64, 16, 512}, {2, 1, 128, 128}, {8, 256, 8, 128}, {3, 17, 4, 256}};
+  const Shape shapes[] = {{4, 64, 16, 512}, {2, 1, 128, 128}, {8, 256, 8, 128}, {3, 17, 4, 256}, {2, 0, 16, 128}};
   const OutputMode modes[] = {OutputMode::kFp8PerTensor, OutputMode::kFp8PerToken,
                               OutputMode::kFp8PerGroup, OutputMode::kPassthrough};
   int64_t codes = 0, off_by_one = 0;
@@ -160,6 +172,67 @@ TEST(ComputeBackendTest, InvalidArgumentsAreRejectedByEveryBackend) {
     Outputs o = MergeWith(**backend, parts, 4, 2, 128, OutputMode::kFp8PerTensor, -1.0f);
     EXPECT_EQ(o.status.code(), absl::StatusCode::kInvalidArgument) << o.status;
     EXPECT_NE(o.status.message().find("static_scale"), std::string::npos) << o.status;
+  }
+}
+
+// Issue 20: the gRPC plane's path. Two steps open at once, their parts
+// staged from one thread per rank in reverse rank order, after a step that
+// was given up half staged (its buffers are reused): both merge to the same
+// bytes as Merge() of the same parts, and the device times are measured.
+TEST(ComputeBackendTest, CudaStagesPartsAsTheyArriveFromManyThreads) {
+  std::string why;
+  auto made = MakeComputeBackend("cuda", 0, &why);
+  if (!made.ok()) GTEST_SKIP() << "no CUDA backend here: " << made.status();
+  ComputeBackend& cuda = **made;
+  constexpr int kN = 4;
+  constexpr int64_t kT = 64;
+  constexpr int kH = 16, kD = 512;
+  const float scale = 0.0125f;
+  std::vector<PartData> steps[2];
+  for (int s = 0; s < 2; ++s) {
+    for (int r = 0; r < kN; ++r) steps[s].push_back(MakePart(40 + s, 1, r, kT, kH, kD));
+  }
+  const size_t out_bytes = steps[0][0].out.size(), lse_bytes = steps[0][0].lse.size() * sizeof(float);
+  {
+    auto abandoned = cuda.BeginStep(kN, out_bytes, lse_bytes);
+    ASSERT_TRUE(abandoned.ok()) << abandoned.status();
+    ASSERT_TRUE(cuda.StagePart(abandoned->get(), 2, steps[1][0].out.data(), steps[1][0].lse.data()).ok());
+  }
+  std::unique_ptr<ComputeBackend::Staging> staging[2];
+  for (int s = 0; s < 2; ++s) {
+    auto b = cuda.BeginStep(kN, out_bytes, lse_bytes);
+    ASSERT_TRUE(b.ok()) << b.status();
+    staging[s] = std::move(*b);
+  }
+  std::vector<std::thread> ranks;
+  std::atomic<int> failures{0};
+  for (int r = kN - 1; r >= 0; --r) {
+    ranks.emplace_back([&, r] {
+      for (int s = 0; s < 2; ++s) {
+        failures += !cuda.StagePart(staging[s].get(), r, steps[s][r].out.data(), steps[s][r].lse.data()).ok();
+      }
+    });
+  }
+  for (auto& t : ranks) t.join();
+  ASSERT_EQ(failures.load(), 0);
+  for (int s = 1; s >= 0; --s) {
+    SCOPED_TRACE(absl::StrCat("step ", s));
+    Outputs staged;
+    ComputeBackend::DeviceTimes times;
+    staged.status = cuda.MergeStaged(ArgsFor(steps[s], kT, kH, kD, OutputMode::kFp8PerTensor, &scale, &staged),
+                                     staging[s].get(), &times);
+    ASSERT_TRUE(staged.status.ok()) << staged.status;
+    const Outputs whole = MergeWith(cuda, steps[s], kT, kH, kD, OutputMode::kFp8PerTensor, scale);
+    ASSERT_TRUE(whole.status.ok()) << whole.status;
+    EXPECT_EQ(staged.out, whole.out);
+    EXPECT_EQ(staged.lse, whole.lse);
+    EXPECT_TRUE(times.measured);
+    EXPECT_GT(times.last_copy_in, absl::ZeroDuration());
+    EXPECT_GT(times.kernel, absl::ZeroDuration());
+    EXPECT_GT(times.copy_out, absl::ZeroDuration());
+    std::printf("staged step %d: H2D last part %.1f us, kernel %.1f us, D2H %.1f us\n", s,
+                absl::ToDoubleMicroseconds(times.last_copy_in), absl::ToDoubleMicroseconds(times.kernel),
+                absl::ToDoubleMicroseconds(times.copy_out));
   }
 }
 

@@ -1,11 +1,15 @@
 #include "server/step_collector.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <thread>
+#include <utility>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -16,16 +20,56 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// Writes byte (num_parts) everywhere; counts calls.
+// Writes byte (num_parts) everywhere; counts calls. With `stage` it also
+// stages as a device backend does: one Staging per step, recording which
+// ranks were staged there and on which threads.
 class FakeBackend : public ComputeBackend {
  public:
+  struct Recorded : Staging {
+    explicit Recorded(std::atomic<int>* live) : live(live) { ++*live; }
+    ~Recorded() override { --*live; }
+    std::atomic<int>* const live;
+    absl::Mutex mu;
+    std::vector<std::pair<int, std::thread::id>> parts ABSL_GUARDED_BY(mu);
+  };
+
   std::string name() const override { return "fake"; }
-  absl::Status Merge(const MergeArgs& args) override {
+  absl::StatusOr<std::unique_ptr<Staging>> BeginStep(int, size_t, size_t) override {
+    if (!stage) return nullptr;
+    ++begun;
+    return std::unique_ptr<Staging>(new Recorded(&live));
+  }
+  absl::Status StagePart(Staging* staging, int rank, const void*, const void*) override {
+    if (staging == nullptr) return absl::OkStatus();
+    if (rank == fail_rank) return absl::InternalError("copy failed");
+    auto* r = static_cast<Recorded*>(staging);
+    absl::MutexLock lock(&r->mu);
+    r->parts.emplace_back(rank, std::this_thread::get_id());
+    return absl::OkStatus();
+  }
+  absl::Status MergeStaged(const MergeArgs& args, Staging* staging, DeviceTimes*) override {
     ++calls;
+    if (staging != nullptr) {
+      auto* r = static_cast<Recorded*>(staging);
+      absl::MutexLock lock(&r->mu);
+      absl::MutexLock own(&mu);
+      merged_parts = r->parts;
+      merge_thread = std::this_thread::get_id();
+    }
     memset(args.out.data, args.shape.num_parts, args.out.bytes);
     return absl::OkStatus();
   }
+  bool MergesInline(const MergeShape&) const override { return inline_merge; }
+
+  bool stage = false;
+  bool inline_merge = false;
+  int fail_rank = -1;  // StagePart fails this rank's part
   std::atomic<int> calls{0};
+  std::atomic<int> begun{0};
+  std::atomic<int> live{0};  // Stagings not yet given back
+  absl::Mutex mu;
+  std::vector<std::pair<int, std::thread::id>> merged_parts ABSL_GUARDED_BY(mu);  // of the last merge
+  std::thread::id merge_thread ABSL_GUARDED_BY(mu);
 };
 
 // Collects the results of one rank's submissions.
@@ -417,6 +461,72 @@ TEST_F(StepCollectorTest, LayerOutsideTheServersRangeNamesTheField) {
       EXPECT_THAT(std::string(res[0]->status.message()), HasSubstr("max_layers"));
     }
   }
+}
+
+// Issue 20: each accepted part is staged once, on the thread that submitted
+// it, into the one staging of its step; the step merges that staging once
+// every part is in, on the last part's thread when the backend says the
+// merge is short; the staging is given back after.
+TEST_F(StepCollectorTest, StagesEachPartOnArrivalAndMergesOnTheLastPartsThread) {
+  backend_.stage = true;
+  backend_.inline_merge = true;
+  Sink s[kN];
+  std::thread::id submitter[kN];
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kN; ++r) {
+    threads.emplace_back([&, r] {
+      submitter[r] = std::this_thread::get_id();
+      collector_->Submit(Part(r, 1), s[r].Done());
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < kN; ++r) {
+    auto res = s[r].Wait(1);
+    ASSERT_EQ(res.size(), 1u);
+    ASSERT_TRUE(res[0]->status.ok()) << res[0]->status;
+    EXPECT_EQ(res[0]->output[0], kN);
+  }
+  EXPECT_TRUE(collector_->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(backend_.begun.load(), 1);
+  EXPECT_EQ(backend_.calls.load(), 1);
+  EXPECT_EQ(backend_.live.load(), 0);
+  absl::MutexLock lock(&backend_.mu);
+  ASSERT_EQ(backend_.merged_parts.size(), static_cast<size_t>(kN));
+  std::vector<bool> seen(kN, false);
+  for (const auto& [rank, thread] : backend_.merged_parts) {
+    ASSERT_FALSE(seen[rank]) << "rank " << rank << " staged twice";
+    seen[rank] = true;
+    EXPECT_EQ(thread, submitter[rank]) << "rank " << rank;
+  }
+  // Merged by the thread that brought a part (the last one), not the merge thread.
+  EXPECT_NE(std::find(std::begin(submitter), std::end(submitter), backend_.merge_thread), std::end(submitter));
+}
+
+// A part the backend cannot stage fails its step for every rank, naming the
+// rank; nothing merges, the staging is given back, and the next step merges.
+TEST_F(StepCollectorTest, AFailedStagingFailsTheStepForEveryRank) {
+  backend_.stage = true;
+  backend_.fail_rank = 1;
+  Sink s[kN];
+  SubmitAll(2, s);
+  for (int r = 0; r < kN; ++r) {
+    auto res = s[r].Wait(1);
+    ASSERT_EQ(res.size(), 1u);
+    EXPECT_EQ(res[0]->status.code(), absl::StatusCode::kInternal) << r;
+    EXPECT_THAT(std::string(res[0]->status.message()), HasSubstr("staging rank 1's part: copy failed"));
+  }
+  EXPECT_TRUE(collector_->WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(backend_.calls.load(), 0);
+  EXPECT_EQ(backend_.live.load(), 0);
+  backend_.fail_rank = -1;
+  Sink next[kN];
+  SubmitAll(3, next);
+  for (int r = 0; r < kN; ++r) {
+    auto res = next[r].Wait(1);
+    ASSERT_EQ(res.size(), 1u);
+    EXPECT_TRUE(res[0]->status.ok()) << res[0]->status;
+  }
+  EXPECT_EQ(backend_.calls.load(), 1);
 }
 
 }  // namespace
