@@ -235,14 +235,20 @@ class CudaBackend : public ComputeBackend {
       dev.partial_out[i] = b.dev_in + i * b.in_stride;
       dev.partial_lse[i] = reinterpret_cast<const float*>(b.dev_in + i * b.in_stride + s->lse_offset());
     }
-    // Results: scale, then each output, every one 256-byte aligned.
+    // Results: scale, then each output, every one 256-byte aligned. Only
+    // the bytes the merge writes travel back: a caller's buffer may be
+    // larger, and what lies beyond must stay as the caller left it.
     const OutBuffer* outs[] = {&host.out, &host.out_scales, &host.out_lse};
     OutBuffer* dev_outs[] = {&dev.out, &dev.out_scales, &dev.out_lse};
+    const size_t written[] = {
+        static_cast<size_t>(OutputBytes(host.shape, host.config)),
+        static_cast<size_t>(OutputScaleCount(host.shape, host.config)) * sizeof(float),
+        static_cast<size_t>(host.shape.num_tokens * host.shape.num_heads) * sizeof(float)};
     size_t offsets[3];
     size_t need = Align(sizeof(float));
     for (int k = 0; k < 3; ++k) {
       offsets[k] = need;
-      need += Align(outs[k]->bytes);
+      need += Align(written[k]);
     }
     if (absl::Status st = BufferSet::Grow(need, &b.result_capacity, &b.host_result, &b.dev_result); !st.ok()) {
       return st;
@@ -257,15 +263,17 @@ class CudaBackend : public ComputeBackend {
       dev.static_scale = reinterpret_cast<const float*>(b.dev_result);
     }
     for (int k = 0; k < 3; ++k) {
-      if (outs[k]->data != nullptr) dev_outs[k]->data = b.dev_result + offsets[k];
+      if (outs[k]->data == nullptr) continue;
+      dev_outs[k]->data = b.dev_result + offsets[k];
+      dev_outs[k]->bytes = written[k];
     }
     for (int i = 0; i < n; ++i) cudaStreamWaitEvent(ms, b.copy_end[i], 0);
     cudaEventRecord(b.kernel_start, ms);
     if (absl::Status st = MergeOnGpu(dev, ms); !st.ok()) return st;
     cudaEventRecord(b.kernel_end, ms);
     for (int k = 0; k < 3; ++k) {
-      if (outs[k]->data == nullptr || outs[k]->bytes == 0) continue;
-      if (cudaError_t e = cudaMemcpyAsync(b.host_result + offsets[k], dev_outs[k]->data, outs[k]->bytes,
+      if (outs[k]->data == nullptr || written[k] == 0) continue;
+      if (cudaError_t e = cudaMemcpyAsync(b.host_result + offsets[k], dev_outs[k]->data, written[k],
                                           cudaMemcpyDeviceToHost, ms);
           e != cudaSuccess) {
         return CudaError("cudaMemcpyAsync D2H", e);
@@ -277,7 +285,7 @@ class CudaBackend : public ComputeBackend {
     }
     s->settled = true;  // the merge waited for every part's copy
     for (int k = 0; k < 3; ++k) {
-      if (outs[k]->data != nullptr) std::memcpy(outs[k]->data, b.host_result + offsets[k], outs[k]->bytes);
+      if (outs[k]->data != nullptr && written[k] > 0) std::memcpy(outs[k]->data, b.host_result + offsets[k], written[k]);
     }
     const int last = s->last_rank.load();
     if (times != nullptr && last >= 0) {
