@@ -1,8 +1,12 @@
 // The strongest simple alternative, for the benchmark only: the fused merge
 // + FP8 a user would write in an afternoon, without the service's kernel.
 //
-//   SimpleMergeKernel<T, N, kPerGroup>
+//   SimpleMergeKernel<T, N, kPerGroup, Index>
 //     One thread per 16-byte vector of a row (W = 16/sizeof(T) elements),
+//     its indices in Index: uint32_t whenever T*H*D < 2^32, as vLLM's
+//     merge_attn_states kernel does (the honest baseline: three 32-bit
+//     divisions by run-time values), int64_t beyond (and as an extra
+//     column of the benchmark, the previous rounds' baseline);
 //     128-thread CTAs; N (2, 4, 8, 16) is a template parameter, so the N LSE loads
 //     and the N payload loads are all issued before any arithmetic; the
 //     part pointers travel in a 16+16-pointer parameter block.
@@ -39,17 +43,17 @@ struct SimpleParams {
   int head_size;
 };
 
-template <typename T, int N, bool kPerGroup>
+template <typename T, int N, bool kPerGroup, typename Index>
 __global__ void __launch_bounds__(128) SimpleMergeKernel(const SimpleParams p) {
   constexpr int W = cuda::VecWidth<T>::kElems;
-  const int64_t items = p.num_tokens * p.num_heads * (p.head_size / W);
-  const int64_t i = static_cast<int64_t>(blockIdx.x) * 128 + threadIdx.x;
+  const Index items = static_cast<Index>(p.num_tokens) * p.num_heads * (p.head_size / W);
+  const Index i = static_cast<Index>(blockIdx.x) * 128 + threadIdx.x;
   const bool valid = i < items;
-  const int64_t k = valid ? i : items - 1;  // idle lanes still join the shuffles
-  const int64_t row = k / (p.head_size / W);
-  const int64_t t = row / p.num_heads;
-  const int64_t h = row % p.num_heads;
-  const int64_t li = h * p.num_tokens + t;
+  const Index k = valid ? i : items - 1;  // idle lanes still join the shuffles
+  const Index row = k / static_cast<Index>(p.head_size / W);
+  const Index t = row / static_cast<Index>(p.num_heads);
+  const Index h = row % static_cast<Index>(p.num_heads);
+  const Index li = h * static_cast<Index>(p.num_tokens) + t;
   float l[N];
   cuda::Vec<T> v[N];
 #pragma unroll
@@ -96,17 +100,24 @@ __global__ void __launch_bounds__(128) SimpleMergeKernel(const SimpleParams p) {
   reinterpret_cast<Word*>(p.codes)[k] = cuda::Fp8Word<W>::Pack(acc);
 }
 
+// Whether T*H*D fits the 32-bit index path.
+inline bool SimpleFits32(const SimpleParams& p) {
+  return p.num_tokens * p.num_heads * p.head_size <= int64_t{0xFFFFFFFF};
+}
+
 // Launches the instance for n parts: n = 2, 4, 8 or 16, the benchmark's
-// grid (cudaErrorInvalidValue for any other n).
-template <typename T, bool kPerGroup>
+// grid (cudaErrorInvalidValue for any other n, or for 32-bit indices on a
+// problem that does not fit them).
+template <typename T, bool kPerGroup, typename Index>
 cudaError_t LaunchSimpleMerge(const SimpleParams& p, int n, cudaStream_t st) {
+  if (sizeof(Index) < 8 && !SimpleFits32(p)) return cudaErrorInvalidValue;
   const int64_t items = p.num_tokens * p.num_heads * (p.head_size / cuda::VecWidth<T>::kElems);
   const unsigned blocks = static_cast<unsigned>((items + 127) / 128);
   switch (n) {
-    case 2: SimpleMergeKernel<T, 2, kPerGroup><<<blocks, 128, 0, st>>>(p); break;
-    case 4: SimpleMergeKernel<T, 4, kPerGroup><<<blocks, 128, 0, st>>>(p); break;
-    case 8: SimpleMergeKernel<T, 8, kPerGroup><<<blocks, 128, 0, st>>>(p); break;
-    case 16: SimpleMergeKernel<T, 16, kPerGroup><<<blocks, 128, 0, st>>>(p); break;
+    case 2: SimpleMergeKernel<T, 2, kPerGroup, Index><<<blocks, 128, 0, st>>>(p); break;
+    case 4: SimpleMergeKernel<T, 4, kPerGroup, Index><<<blocks, 128, 0, st>>>(p); break;
+    case 8: SimpleMergeKernel<T, 8, kPerGroup, Index><<<blocks, 128, 0, st>>>(p); break;
+    case 16: SimpleMergeKernel<T, 16, kPerGroup, Index><<<blocks, 128, 0, st>>>(p); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();

@@ -77,7 +77,7 @@ typedef struct dcpmerge_merge_args {
   int32_t output_mode;
   int32_t group_size;          /* fp8_per_group: 64 or 128 */
   int32_t power_of_two_scales; /* dynamic modes: 0 or 1 */
-  int32_t reserved0;
+  int32_t enable_pdl;          /* dcpmerge_merge_gpu: 0 or 1, see below */
   const void* const* partial_out;  /* N pointers, [T,H,D] each, strides below */
   const float* const* partial_lse; /* N pointers, T*H floats each */
   uint64_t partial_out_bytes;      /* capacity of every partial_out[i] */
@@ -98,7 +98,14 @@ typedef struct dcpmerge_merge_args {
  * device is restored before returning. No host synchronisation, no
  * allocation: safe inside CUDA graph capture. INVALID_ARGUMENT naming the
  * field for arguments the kernel cannot run (MergeOnGpu's validation);
- * UNIMPLEMENTED without CUDA. */
+ * UNIMPLEMENTED without CUDA.
+ * args->enable_pdl = 1: programmatic dependent launch (sm_90 and later,
+ * ignored before): the merge may start while the kernel before it on the
+ * stream finishes and waits for its writes before reading. It pays when
+ * that kernel triggers its dependents early (griddepcontrol
+ * .launch_dependents) and costs about 0.2 us a launch when it does not
+ * (docs/benchmarks.md); 0 (the default) launches plainly. The other
+ * functions taking dcpmerge_merge_args check it (0 or 1) and ignore it. */
 int32_t dcpmerge_merge_gpu(const dcpmerge_merge_args* args, int32_t device, void* stream);
 
 /* Benchmarks only: calls MergeOnGpu (validation + launch, what a C++ caller

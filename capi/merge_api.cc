@@ -41,6 +41,7 @@ absl::Status ToMergeArgs(const dcpmerge_merge_args* c, MergeArgs* a) {
   if (absl::Status s = EnumInRange(c->lse_base, 1, "lse_base"); !s.ok()) return s;
   if (absl::Status s = EnumInRange(c->lse_layout, 1, "lse_layout"); !s.ok()) return s;
   if (absl::Status s = EnumInRange(c->output_mode, 3, "output_mode"); !s.ok()) return s;
+  if (absl::Status s = EnumInRange(c->enable_pdl, 1, "enable_pdl"); !s.ok()) return s;
   if (absl::Status s = NotNull(c->partial_out, "partial_out"); !s.ok()) return s;
   if (absl::Status s = NotNull(c->partial_lse, "partial_lse"); !s.ok()) return s;
   a->shape.num_parts = c->num_parts;
@@ -105,7 +106,7 @@ absl::Status MergeGpu(const dcpmerge_merge_args* c, int32_t device, void* stream
   if (absl::Status s = ToMergeArgs(c, &a); !s.ok()) return s;
   DeviceScope scope;
   if (absl::Status s = scope.Enter(device); !s.ok()) return s;
-  return MergeOnGpu(a, static_cast<cudaStream_t>(stream));
+  return MergeOnGpu(a, static_cast<cudaStream_t>(stream), c->enable_pdl != 0);
 }
 
 absl::Status MergeGpuRepeat(const dcpmerge_merge_args* c, int32_t device, void* stream, int32_t iterations,
@@ -118,7 +119,9 @@ absl::Status MergeGpuRepeat(const dcpmerge_merge_args* c, int32_t device, void* 
   if (absl::Status s = scope.Enter(device); !s.ok()) return s;
   const auto t0 = std::chrono::steady_clock::now();
   for (int32_t i = 0; i < iterations; ++i) {
-    if (absl::Status s = MergeOnGpu(a, static_cast<cudaStream_t>(stream)); !s.ok()) return s;
+    if (absl::Status s = MergeOnGpu(a, static_cast<cudaStream_t>(stream), c->enable_pdl != 0);
+        !s.ok())
+      return s;
   }
   *host_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return absl::OkStatus();

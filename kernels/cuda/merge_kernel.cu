@@ -4,22 +4,27 @@
 // Kernels: [input dtype][output mode][parts per thread], from one template
 // each (MergeRowsKernel, MergeTokenKernel for per-token). Parts per thread
 // (PPT) is 2, 4, 8 or 16 with a 16-entry part table (N <= 16), or 4 or 16
-// with the full 64-entry table: 3 x 4 x 6 = 72 kernels, compiled per dtype
-// in merge_kernel_{f32,f16,bf16}.cu.
+// with the full 64-entry table; the rows kernels come with 32- and 64-bit
+// indices, the per-token ones with 1, 2 or 4 items per thread (K <=
+// MaxTokenItems, small table only): 3 x 46 = 138 kernels, compiled per
+// dtype in merge_kernel_{f32,f16,bf16}.cu.
 //
 // Schedule (P = part groups, V = items per CTA; merge_kernel.cuh):
-//   PPT is the smallest bucket >= N for N <= 8 (P = 1); 4 for N = 9..16
-//     (P = ceil(N / 4), partial sums combined in shared memory); for N > 16,
-//     4 on small grids (fewer than kSplitItemsPerSm items per SM) and 16 on
-//     large ones.
+//   PPT is the smallest bucket >= N for N <= 8 (P = 1); above, 4 on small
+//     grids (P = ceil(N / 4), partial sums combined in shared memory; fewer
+//     than kSplitItemsPerSmSmall items per SM for N = 9..16,
+//     kSplitItemsPerSm for N > 16) and 16 on large ones.
 //   CTA: P x V threads, 128 or, when P > 4, P x 32 (V = 32); at most
 //     MaxCtaThreads(PPT).
 //   Per token: with fewer tokens than 2 per SM, the token's C CTAs (a
 //     cluster, sm_90+) are as many as it takes to hold its items in
 //     registers and to give every SM a CTA (C <= kMaxClusterCtas); P
-//     shrinks until P x span fits a CTA. With more tokens, one CTA each;
-//     the items beyond one pass wait in shared memory (<= kMaxStageBytes),
-//     or are merged twice.
+//     shrinks until P x span fits a CTA. With more tokens, one CTA each.
+//     With P = 1 a thread holds up to MaxTokenItems items in registers
+//     (V = span / K); items beyond wait in shared memory (<=
+//     kMaxStageBytes), or are merged twice.
+//   Rows kernels index in 32 bits when every element offset fits (Fits32),
+//     in 64 bits beyond.
 //   PDL only when asked for (MergeLaunchOptions::pdl): it pays when the
 //     kernel before the merge triggers its dependents early, and costs a
 //     little when it does not (docs/benchmarks.md).
@@ -39,8 +44,12 @@ namespace dcpmerge {
 namespace cuda {
 namespace {
 
-// N > 16: grids of fewer items than this per SM take 4 parts per thread.
+// Grids of fewer items than this per SM take 4 parts per thread, larger
+// ones 16: N > 16 (full table), and N = 9..16 (at N = 16 the split took
+// 1.03-1.09x the simple kernel, which has one thread of 16 parts, from 32K
+// items up on an H200; docs/benchmarks.md, round three).
 constexpr int64_t kSplitItemsPerSm = 64;
+constexpr int64_t kSplitItemsPerSmSmall = 256;
 // Thread-block cluster size for per-token decode: 16, the non-portable
 // maximum of sm_90 (a token spread over more SMs; measured faster than 8).
 constexpr int kMaxClusterCtas = 16;
@@ -87,9 +96,19 @@ FastDiv MakeFastDiv(uint32_t d) {
   while ((uint64_t{1} << l) < d) ++l;  // ceil(log2(d))
   const unsigned __int128 num = static_cast<unsigned __int128>((uint64_t{1} << l) - d) << 64;
   f.magic = static_cast<uint64_t>(num / d) + 1;
+  f.magic32 = static_cast<uint32_t>((((uint64_t{1} << l) - d) << 32) / d + 1);
   f.shift1 = l > 0 ? 1 : 0;
   f.shift2 = l > 0 ? static_cast<uint32_t>(l - 1) : 0;
   return f;
+}
+
+// Whether every element offset the rows kernels compute stays below 2^32:
+// the outputs (T*H*D) and each part's payload span.
+bool Fits32(const MergeProblem& p) {
+  constexpr int64_t kLimit = int64_t{1} << 32;
+  const int64_t span = (p.num_tokens - 1) * p.token_stride +
+                       (p.num_heads - 1) * p.head_stride + p.head_size;
+  return p.num_tokens * p.num_heads * p.head_size < kLimit && span < kLimit;
 }
 
 // Parts-per-thread buckets a kernel exists for (merge_kernel.cuh): 2, 4, 8,
@@ -117,14 +136,15 @@ void PlanPartGroups(int n, int64_t items, const DeviceInfo& dev, const MergeLaun
     return;
   }
   // Measured on an H200 (docs/benchmarks.md): up to 8 parts, one thread
-  // takes them all; from 9 to 16, four parts per thread (P = 2..4) beat 16
-  // per thread at nearly every shape; above 16, four per thread at decode
-  // sizes, 16 on large grids.
+  // takes them all; above, four parts per thread (P = ceil(N / 4)) at
+  // decode sizes, 16 on large grids.
   int ppt = 4;
   if (full) {
     ppt = items < kSplitItemsPerSm * dev.sms ? 4 : 16;
   } else if (n <= 8) {
     ppt = PptBucket(n, false);
+  } else {
+    ppt = items < kSplitItemsPerSmSmall * dev.sms ? 4 : 16;
   }
   SetPpt(n, ppt, full, plan);
 }
@@ -157,6 +177,7 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     sc->items_per_cta = V;
     plan->threads = P * V;
     plan->grid = CeilDiv(sc->items, V);
+    plan->narrow = o.wide_index <= 0 && Fits32(p);
   } else {
     const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc->items_per_row;
     const bool clusters = dev.cc_major >= 9;
@@ -164,7 +185,9 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     if (c == 0 && clusters && p.num_tokens < 2 * dev.sms) {
       // Few tokens: a token's CTAs (a cluster) are as many as hold its items
       // in registers in one pass and, at small T, give every SM a CTA.
-      const int64_t fit = CeilDiv(token_items, MaxCtaThreads(PptBucket(std::min(n, 16), full)));
+      const int ppt = PptBucket(std::min(n, 16), full);
+      const int64_t fit =
+          CeilDiv(token_items, MaxCtaThreads(ppt) * (n <= 8 ? MaxTokenItems(ppt) : 1));
       const int64_t spread = std::min(CeilDiv(dev.sms, p.num_tokens), CeilDiv(token_items, 32));
       c = std::max(fit, spread);
     }
@@ -185,12 +208,21 @@ cudaError_t MakePlan(const MergeProblem& p, int mode, int vec, const DeviceInfo&
     const int cap = o.threads_per_cta > 0
                         ? std::min(o.threads_per_cta, MaxCtaThreads(plan->ppt))
                         : MaxCtaThreads(plan->ppt);
-    const int V = std::min(std::max(32, cap / P / 32 * 32), span);
+    const int vmax = std::max(32, cap / P / 32 * 32);
+    // Items per thread (K): as many as the span needs, in registers up to
+    // MaxTokenItems when a thread takes all parts (P = 1); V then spreads
+    // the span evenly over the threads.
+    const int kmax = P == 1 && o.token_items_per_thread != 1 ? MaxTokenItems(plan->ppt) : 1;
+    const int64_t passes = CeilDiv(sc->token_span, vmax);
+    int k = 1;
+    while (k < passes && k < kmax) k *= 2;
+    const int V = passes <= kmax ? RoundUp32(CeilDiv(sc->token_span, k)) : std::min(vmax, span);
     if (P * V > MaxCtaThreads(plan->ppt)) return cudaErrorInvalidValue;
     sc->items_per_cta = V;
-    // Items beyond one pass wait in shared memory where they fit.
+    plan->items_per_thread = passes <= kmax ? k : 1;
+    // Items beyond what registers hold wait in shared memory where they fit.
     const int64_t stage_bytes = CeilDiv(sc->token_span, V) * V * vec * 4;
-    sc->stage = sc->token_span > V && stage_bytes <= kMaxStageBytes ? 1 : 0;
+    sc->stage = passes > kmax && stage_bytes <= kMaxStageBytes ? 1 : 0;
     plan->stage_bytes = sc->stage ? static_cast<int>(stage_bytes) : 0;
     plan->threads = P * V;
     plan->grid = p.num_tokens * c;

@@ -47,11 +47,12 @@
 //                      thread-block cluster (C = 1 before sm_90) and split
 //                      its H*D/W items; amax is a CTA reduction, then a
 //                      reduction over the cluster through distributed shared
-//                      memory, and the merged values wait in registers. With
-//                      more items than the CTA has threads (many tokens: one
-//                      CTA each), they wait in shared memory instead, or,
-//                      when a token's values exceed it, are merged twice
-//                      (amax pass, then codes).
+//                      memory, and the merged values wait in registers, up
+//                      to MaxTokenItems per thread (K) where a thread takes
+//                      all parts. With more items than that (many tokens:
+//                      one CTA each), they wait in shared memory instead,
+//                      or, when a token's values exceed it, are merged
+//                      twice (amax pass, then codes).
 // With programmatic dependent launch (sm_90 and later, sched.pdl) both
 // kernels do their index arithmetic, then griddepcontrol.wait (nothing is
 // read before the previous kernel's writes are visible), then let their own
@@ -81,11 +82,17 @@ __host__ __device__ constexpr int MaxCtaThreads(int ppt) {
 // The second __launch_bounds__ argument (0: none). ptxas's own register
 // target spills the 8-parts kernel (40 registers); asking for one CTA per
 // SM lets it take 56 and run about 1.4x faster (measured on an H200). The
-// per-group 4-parts kernel gets 64 (two 512-thread CTAs per SM) instead of
-// 32, enough to keep all its loads in flight. The others are fastest at
+// 4-parts rows kernels get up to 64 (two 512-thread CTAs per SM): at
+// ptxas's own 32 (the 32-bit index path) only two of the four payload loads
+// were in flight, 1.3x slower at decode (H200). The others are fastest at
 // ptxas's own, lower, counts.
 __host__ __device__ constexpr int MinCtas(int ppt, int mode) {
-  return ppt == 8 ? 1 : (ppt == 4 && mode == kModeFp8PerGroup) ? 2 : 0;
+  return ppt == 8 ? 1 : (ppt == 4 && mode != kModeFp8PerToken) ? 2 : 0;
+}
+// Per token: the most items (K: 1, 2 or 4) a thread of PPT parts holds in
+// registers, every load issued at once: K x PPT <= 16 vectors in flight.
+__host__ __device__ constexpr int MaxTokenItems(int ppt) {
+  return ppt >= 16 ? 1 : ppt >= 4 ? 2 : 4;
 }
 // Part-table capacities: small for the common N <= 16, so a launch carries
 // 256 bytes of pointers instead of 1 KB.
@@ -99,15 +106,21 @@ __host__ __device__ constexpr bool CanSplit() {
   return PPT == 4 || kCap > kSmallPartTable;
 }
 
-// Division of a 64-bit n by a run-time d (1 <= d < 2^32) with a multiply
-// (Granlund-Montgomery): q = (t + ((n - t) >> s1)) >> s2, t = umulhi(n, m).
-// The launcher makes the constants (MakeFastDiv in merge_kernel.cu).
+// Division of an n of 32 or 64 bits by a run-time d (1 <= d < 2^32) with a
+// multiply (Granlund-Montgomery): q = (t + ((n - t) >> s1)) >> s2,
+// t = umulhi(n, m); the shifts are the same for both widths, the magic
+// numbers are not. The launcher makes them (MakeFastDiv in merge_kernel.cu).
 struct FastDiv {
   uint64_t magic = 0;
+  uint32_t magic32 = 0;
   uint32_t d = 1;
   uint32_t shift1 = 0, shift2 = 0;
   __device__ __forceinline__ uint64_t Div(uint64_t n) const {
     const uint64_t t = __umul64hi(n, magic);
+    return (t + ((n - t) >> shift1)) >> shift2;
+  }
+  __device__ __forceinline__ uint32_t Div(uint32_t n) const {
+    const uint32_t t = __umulhi(n, magic32);
     return (t + ((n - t) >> shift1)) >> shift2;
   }
 };
@@ -158,9 +171,12 @@ __device__ __forceinline__ void LetConsumerLaunch(bool pdl) {
 
 __device__ __forceinline__ bool IsFiniteF(float x) { return fabsf(x) <= FLT_MAX; }
 
+// Max over aligned groups of `width` lanes (a power of two, 1..32); unrolled,
+// a run-time width only predicates the steps.
 __device__ __forceinline__ float WarpMax(float v, int width) {
-  for (int o = width / 2; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < width) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
   return v;
 }
 
@@ -176,26 +192,30 @@ __device__ __forceinline__ float BlockMax(float v, float* red) {
   return WarpMax(v, 32);
 }
 
-// Where item k of the problem lives.
+// Where item k of the problem lives, in index arithmetic of Idx: uint32_t
+// when every element offset of the problem (items, payload spans, LSEs,
+// outputs) is below 2^32 (the launcher checks, Fits32 in merge_kernel.cu),
+// else uint64_t. The 32-bit path is the common one: a 32-bit multiply-high
+// and single multiplies instead of 64-bit sequences before the first load.
+template <typename Idx>
 struct ItemPlace {
-  int64_t row = 0;      // t*H + h
-  int64_t payload = 0;  // element offset in every part
-  int64_t lse = 0;      // index in every part's LSE
-  int c = 0;            // item within the row
+  Idx row = 0;      // t*H + h
+  Idx payload = 0;  // element offset in every part
+  Idx lse = 0;      // index in every part's LSE
+  uint32_t c = 0;   // item within the row
 };
 
-template <int W>
-__device__ __forceinline__ ItemPlace Locate(const MergeProblem& p, const Schedule& sc,
-                                            int64_t item) {
-  ItemPlace at;
-  const uint64_t row = sc.by_items_per_row.Div(static_cast<uint64_t>(item));
-  at.row = static_cast<int64_t>(row);
-  at.c = static_cast<int>(static_cast<uint64_t>(item) - row * sc.by_items_per_row.d);
-  const int64_t t = static_cast<int64_t>(sc.by_heads.Div(row));
-  const int h = static_cast<int>(row - static_cast<uint64_t>(t) * sc.by_heads.d);
-  at.payload = t * p.token_stride + static_cast<int64_t>(h) * p.head_stride +
-               static_cast<int64_t>(at.c) * W;
-  at.lse = p.lse_tokens_heads ? at.row : h * p.num_tokens + t;
+template <int W, typename Idx>
+__device__ __forceinline__ ItemPlace<Idx> Locate(const MergeProblem& p, const Schedule& sc,
+                                                 Idx item) {
+  ItemPlace<Idx> at;
+  at.row = sc.by_items_per_row.Div(item);
+  at.c = static_cast<uint32_t>(item - at.row * sc.by_items_per_row.d);
+  const Idx t = sc.by_heads.Div(at.row);
+  const Idx h = at.row - t * sc.by_heads.d;
+  at.payload = t * static_cast<Idx>(p.token_stride) + h * static_cast<Idx>(p.head_stride) +
+               static_cast<Idx>(at.c) * W;
+  at.lse = p.lse_tokens_heads ? at.row : h * static_cast<Idx>(p.num_tokens) + t;
   return at;
 }
 
@@ -223,8 +243,8 @@ __device__ __forceinline__ float Exp2(float x) {
 // Branch-free: an empty part's LSE becomes -inf (weight 0) and its payload
 // bits are masked to +0 before use, so garbage (NaN included) never enters
 // the sums; branches here would make every part wait for its own LSE.
-template <typename T, int PPT, int kCap, int kFirst>
-__device__ __forceinline__ void MergeParts(const KernelArgs<kCap>& a, const ItemPlace& at,
+template <typename T, int PPT, int kCap, int kFirst, typename Idx>
+__device__ __forceinline__ void MergeParts(const KernelArgs<kCap>& a, const ItemPlace<Idx>& at,
                                            PartialState<VecWidth<T>::kElems>& st) {
   constexpr int W = VecWidth<T>::kElems;
   const int n = a.problem.num_parts;
@@ -266,15 +286,15 @@ __device__ __forceinline__ void MergeParts(const KernelArgs<kCap>& a, const Item
 
 // MergeParts for thread group g (warp-uniform): one branch per group, each
 // with its first part as a constant.
-template <typename T, int PPT, int kCap, int G = 0>
+template <typename T, int PPT, int kCap, int G = 0, typename Idx>
 __device__ __forceinline__ void MergeGroupParts(const KernelArgs<kCap>& a, int g,
-                                                const ItemPlace& at,
+                                                const ItemPlace<Idx>& at,
                                                 PartialState<VecWidth<T>::kElems>& st) {
   if constexpr (G * PPT < kCap && (G == 0 || CanSplit<PPT, kCap>())) {
     if (g == G) {
       MergeParts<T, PPT, kCap, G * PPT>(a, at, st);
     } else {
-      MergeGroupParts<T, PPT, kCap, G + 1>(a, g, at, st);
+      MergeGroupParts<T, PPT, kCap, G + 1, Idx>(a, g, at, st);
     }
   }
 }
@@ -314,9 +334,9 @@ __device__ __forceinline__ void CombineGroups(PartialState<W>& st, float* smem, 
 
 // Step 4: the merged values of the item (0 when every part is empty); the
 // row's first item also writes out_lse.
-template <int W>
+template <int W, typename Idx>
 __device__ __forceinline__ void Normalize(const MergeProblem& p, const PartialState<W>& st,
-                                          const ItemPlace& at, bool valid, float* o) {
+                                          const ItemPlace<Idx>& at, bool valid, float* o) {
   const bool empty = st.m == -INFINITY;
   const float inv = empty ? 0.0f : __frcp_rn(st.s);
 #pragma unroll
@@ -338,9 +358,9 @@ __device__ __forceinline__ float FiniteAbsMax(const float* o) {
   return mx;
 }
 
-template <int W>
-__device__ __forceinline__ void StoreCodes(const MergeProblem& p, int64_t item,
-                                           const float* o, float inv) {
+template <int W, typename Idx>
+__device__ __forceinline__ void StoreCodes(const MergeProblem& p, Idx item, const float* o,
+                                           float inv) {
   float q[W];
 #pragma unroll
   for (int e = 0; e < W; ++e) q[e] = o[e] * inv;
@@ -348,21 +368,24 @@ __device__ __forceinline__ void StoreCodes(const MergeProblem& p, int64_t item,
   reinterpret_cast<Word*>(p.out)[item] = Fp8Word<W>::Pack(q);
 }
 
-// This thread's group g (warp-uniform) and item slot v within the CTA.
+// This thread's group g (warp-uniform) and item slot v within the CTA; a
+// kernel that cannot split (kSplit false) or a launch of one group (P = 1)
+// has no division on the way to the first load.
+template <bool kSplit>
 struct GroupOf {
   int g, v;
-  __device__ __forceinline__ explicit GroupOf(int V) {
-    g = static_cast<int>(threadIdx.x) / V;
+  __device__ __forceinline__ GroupOf(int V, int P) {
+    g = kSplit && P > 1 ? static_cast<int>(threadIdx.x / static_cast<unsigned>(V)) : 0;
     v = static_cast<int>(threadIdx.x) - g * V;
   }
 };
 
 // Steps 1-4 for the item at `at` (valid: it exists). Returns the merged
 // values in o (group 0 only; other groups' o is unspecified).
-template <typename T, int PPT, int kCap>
+template <typename T, int PPT, int kCap, typename Idx>
 __device__ __forceinline__ void MergeItem(const KernelArgs<kCap>& a, float* smem,
-                                          const GroupOf& gv, const ItemPlace& at, bool valid,
-                                          float* o) {
+                                          const GroupOf<CanSplit<PPT, kCap>()>& gv,
+                                          const ItemPlace<Idx>& at, bool valid, float* o) {
   constexpr int W = VecWidth<T>::kElems;
   const Schedule& sc = a.sched;
   PartialState<W> st;
@@ -375,18 +398,20 @@ __device__ __forceinline__ void MergeItem(const KernelArgs<kCap>& a, float* smem
   if (gv.g == 0) Normalize(a.problem, st, at, valid, o);
 }
 
-// Per-tensor, per-group and passthrough: one item per thread group.
-template <typename T, int MODE, int PPT, int kCap>
+// Per-tensor, per-group and passthrough: one item per thread group, index
+// arithmetic in Idx (see ItemPlace).
+template <typename T, int MODE, int PPT, int kCap, typename Idx>
 __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, MODE))
     MergeRowsKernel(const __grid_constant__ KernelArgs<kCap> a) {
   constexpr int W = VecWidth<T>::kElems;
   extern __shared__ float smem[];
   const MergeProblem& p = a.problem;
-  const GroupOf gv(a.sched.items_per_cta);
-  const int64_t item = static_cast<int64_t>(blockIdx.x) * a.sched.items_per_cta + gv.v;
-  const bool valid = item < a.sched.items;
+  const GroupOf<CanSplit<PPT, kCap>()> gv(a.sched.items_per_cta, a.sched.part_groups);
+  const Idx item = static_cast<Idx>(blockIdx.x) * static_cast<Idx>(a.sched.items_per_cta) +
+                   static_cast<Idx>(gv.v);
+  const bool valid = item < static_cast<Idx>(a.sched.items);
   // Index arithmetic only reads kernel parameters: done before the wait.
-  const ItemPlace at = valid ? Locate<W>(p, a.sched, item) : ItemPlace{};
+  const ItemPlace<Idx> at = valid ? Locate<W>(p, a.sched, item) : ItemPlace<Idx>{};
   WaitForProducer(a.sched.pdl);
   LetConsumerLaunch(a.sched.pdl);
   // Issued first, used last: in flight together with the payload loads.
@@ -442,8 +467,11 @@ __device__ __forceinline__ float TokenMax(float v, float* red, int C) {
 }
 
 // kModeFp8PerToken. CTA blockIdx.x serves token blockIdx.x / C and owns its
-// items [rank * span, rank * span + span) (rank = blockIdx.x % C).
-template <typename T, int PPT, int kCap>
+// items [rank * span, rank * span + span) (rank = blockIdx.x % C); 64-bit
+// index arithmetic. A CTA whose span fits K x V items keeps them in
+// registers, K per thread, every item's loads issued before the first
+// reduction; a larger span loops (see below).
+template <typename T, int PPT, int kCap, int K>
 __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerToken))
     MergeTokenKernel(const __grid_constant__ KernelArgs<kCap> a) {
   constexpr int W = VecWidth<T>::kElems;
@@ -457,23 +485,34 @@ __global__ void __launch_bounds__(MaxCtaThreads(PPT), MinCtas(PPT, kModeFp8PerTo
   const int64_t token_items = static_cast<int64_t>(p.num_heads) * sc.items_per_row;
   const int64_t first = token * token_items + static_cast<int64_t>(rank) * sc.token_span;
   const int64_t end = min(first + sc.token_span, (token + 1) * token_items);
-  const GroupOf gv(V);
+  const GroupOf<CanSplit<PPT, kCap>()> gv(V, sc.part_groups);
   const auto place = [&](int64_t item) {
-    return item < end ? Locate<W>(p, sc, item) : ItemPlace{};
+    return item < end ? Locate<W>(p, sc, static_cast<uint64_t>(item)) : ItemPlace<uint64_t>{};
   };
-  float o[W];
   float scale;
-  if (sc.token_span <= V) {  // the CTA's items wait in registers
-    const int64_t item = first + gv.v;
-    const bool valid = item < end;
-    const ItemPlace at = place(item);
+  if (sc.token_span <= K * V) {  // the CTA's items wait in registers
     WaitForProducer(a.sched.pdl);
     LetConsumerLaunch(a.sched.pdl);
-    MergeItem<T, PPT>(a, smem, gv, at, valid, o);
-    const float amax = gv.g == 0 && valid ? FiniteAbsMax<W>(o) : 0.0f;
+    float o[K][W];
+    float amax = 0.0f;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t item = first + gv.v + k * V;
+      if constexpr (CanSplit<PPT, kCap>()) {
+        if (k > 0 && sc.part_groups > 1) __syncthreads();  // the combine reuses smem
+      }
+      MergeItem<T, PPT>(a, smem, gv, place(item), item < end, o[k]);
+      if (gv.g == 0 && item < end) amax = fmaxf(amax, FiniteAbsMax<W>(o[k]));
+    }
     scale = DynamicFp8Scale(TokenMax(amax, red, C), p.power_of_two_scales != 0);
-    if (gv.g == 0 && valid) StoreCodes<W>(p, item, o, __frcp_rn(scale));
+    const float inv = __frcp_rn(scale);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t item = first + gv.v + k * V;
+      if (gv.g == 0 && item < end) StoreCodes<W>(p, item, o[k], inv);
+    }
   } else {
+    float o[W];
     // More items than threads: loop over them in steps of V, and either
     // keep each thread's merged values in shared memory (sc.stage; slots
     // [pass][e][v], no bank conflicts, each thread reads back only its own)

@@ -31,6 +31,8 @@ struct Plan {
   int stage_bytes = 0;
   int smem = 0;
   bool pdl = false;
+  bool narrow = false;  // rows kernels: 32-bit index arithmetic
+  int items_per_thread = 1;  // per token: K (1, 2 or 4)
 };
 
 // Enqueues the kernel of dtype T, mode and plan.ppt with `plan`.
@@ -51,36 +53,57 @@ namespace dispatch {
 template <int kCap>
 using KernelFn = void (*)(KernelArgs<kCap>);
 
-template <typename T, int MODE, int PPT, int kCap>
+// The per-token kernel has one index width (64-bit) for both tables; its
+// K = 1 instance here, the others in TokenFor.
+template <typename T, int MODE, int PPT, int kCap, typename Idx>
 constexpr KernelFn<kCap> KernelFor() {
   if constexpr (MODE == kModeFp8PerToken) {
-    return &MergeTokenKernel<T, PPT, kCap>;
+    return &MergeTokenKernel<T, PPT, kCap, 1>;
   } else {
-    return &MergeRowsKernel<T, MODE, PPT, kCap>;
+    return &MergeRowsKernel<T, MODE, PPT, kCap, Idx>;
   }
 }
 
-// [mode][PPT bucket] for one dtype and part-table size.
-template <typename T, int kCap, int... kPpt>
+template <typename T, int PPT, int kCap, int K>
+constexpr KernelFn<kCap> TokenFor() {
+  // Only one-group kernels hold K > 1 items (merge_kernel.cu), so the full
+  // table (N > 16, always split) has none.
+  if constexpr (K <= MaxTokenItems(PPT) && kCap <= kSmallPartTable) {
+    return &MergeTokenKernel<T, PPT, kCap, K>;
+  } else {
+    return nullptr;
+  }
+}
+
+// [mode][PPT bucket] for one dtype, part-table size and index type.
+template <typename T, int kCap, typename Idx, int... kPpt>
 struct KernelTable {
   static constexpr int kPpts[] = {kPpt...};
   KernelFn<kCap> fn[4][sizeof...(kPpt)] = {
-      {KernelFor<T, kModeFp8PerTensor, kPpt, kCap>()...},
-      {KernelFor<T, kModeFp8PerToken, kPpt, kCap>()...},
-      {KernelFor<T, kModeFp8PerGroup, kPpt, kCap>()...},
-      {KernelFor<T, kModePassthrough, kPpt, kCap>()...},
+      {KernelFor<T, kModeFp8PerTensor, kPpt, kCap, Idx>()...},
+      {KernelFor<T, kModeFp8PerToken, kPpt, kCap, Idx>()...},
+      {KernelFor<T, kModeFp8PerGroup, kPpt, kCap, Idx>()...},
+      {KernelFor<T, kModePassthrough, kPpt, kCap, Idx>()...},
   };
-  KernelFn<kCap> Get(int mode, int ppt) const {
-    for (int i = 0; i < static_cast<int>(sizeof...(kPpt)); ++i)
-      if (kPpts[i] == ppt) return fn[mode][i];
+  // Per token with 2 and 4 items per thread.
+  KernelFn<kCap> token[2][sizeof...(kPpt)] = {{TokenFor<T, kPpt, kCap, 2>()...},
+                                              {TokenFor<T, kPpt, kCap, 4>()...}};
+  KernelFn<kCap> Get(int mode, int ppt, int items_per_thread) const {
+    for (int i = 0; i < static_cast<int>(sizeof...(kPpt)); ++i) {
+      if (kPpts[i] != ppt) continue;
+      if (mode != kModeFp8PerToken || items_per_thread == 1) return fn[mode][i];
+      return token[items_per_thread == 2 ? 0 : 1][i];
+    }
     return nullptr;
   }
 };
 
 template <typename T>
 struct DTypeKernels {
-  KernelTable<T, kSmallPartTable, 2, 4, 8, 16> small;
-  KernelTable<T, kMaxParts, 4, 16> full;
+  KernelTable<T, kSmallPartTable, uint32_t, 2, 4, 8, 16> small32;
+  KernelTable<T, kSmallPartTable, uint64_t, 2, 4, 8, 16> small;
+  KernelTable<T, kMaxParts, uint32_t, 4, 16> full32;
+  KernelTable<T, kMaxParts, uint64_t, 4, 16> full;
 };
 
 template <int kCap>
@@ -138,9 +161,16 @@ template <typename T>
 cudaError_t LaunchPlanned(const MergeKernelParams& params, int mode, const Schedule& sc,
                           const Plan& plan, cudaStream_t stream) {
   static const dispatch::DTypeKernels<T> kernels;
-  if (params.problem.num_parts <= kSmallPartTable)
-    return dispatch::Launch(kernels.small.Get(mode, plan.ppt), params, sc, plan, stream);
-  return dispatch::Launch(kernels.full.Get(mode, plan.ppt), params, sc, plan, stream);
+  if (params.problem.num_parts <= kSmallPartTable) {
+    const int k = plan.items_per_thread;
+    const auto fn = plan.narrow ? kernels.small32.Get(mode, plan.ppt, k)
+                                : kernels.small.Get(mode, plan.ppt, k);
+    return dispatch::Launch(fn, params, sc, plan, stream);
+  }
+  const int k = plan.items_per_thread;
+  const auto fn = plan.narrow ? kernels.full32.Get(mode, plan.ppt, k)
+                              : kernels.full.Get(mode, plan.ppt, k);
+  return dispatch::Launch(fn, params, sc, plan, stream);
 }
 
 }  // namespace cuda

@@ -69,6 +69,14 @@ struct MergeLaunchOptions {
   // .launch_dependents, as the merge itself does) and costs a little when it
   // does not, so it is off unless asked for: 1 on, 0 or -1 off.
   int pdl = -1;
+  // Per tensor, per group, passthrough: 1 keeps 64-bit index arithmetic
+  // where the launcher would pick 32-bit (every element offset < 2^32);
+  // 0 or -1: the launcher's choice.
+  int wide_index = -1;
+  // kModeFp8PerToken: 1 holds one item per thread in registers (items
+  // beyond wait in shared memory or are merged twice) where the launcher
+  // would hold up to MaxTokenItems; 0 or -1: the launcher's choice.
+  int token_items_per_thread = -1;
 };
 
 // Enqueues the merge on `stream`. Returns cudaSuccess or the launch error

@@ -116,8 +116,10 @@ absl::Status MergeOnGpuWithOptions(const MergeArgs& args, cudaStream_t stream,
   return absl::OkStatus();
 }
 
-absl::Status MergeOnGpu(const MergeArgs& args, cudaStream_t stream) {
-  return MergeOnGpuWithOptions(args, stream, cuda::MergeLaunchOptions{});
+absl::Status MergeOnGpu(const MergeArgs& args, cudaStream_t stream, bool enable_pdl) {
+  cuda::MergeLaunchOptions options;
+  options.pdl = enable_pdl ? 1 : 0;
+  return MergeOnGpuWithOptions(args, stream, options);
 }
 
 }  // namespace dcpmerge

@@ -46,7 +46,7 @@ class MergeArgs(ctypes.Structure):
         ("output_mode", i32),
         ("group_size", i32),
         ("power_of_two_scales", i32),
-        ("reserved0", i32),
+        ("enable_pdl", i32),
         ("partial_out", ctypes.POINTER(c_void_p)),
         ("partial_lse", ctypes.POINTER(c_void_p)),
         ("partial_out_bytes", u64),

@@ -114,10 +114,12 @@ class CpuLauncher:
 
     def __init__(self):
         self.calls = []
+        self.pdl = []  # enable_pdl of each launch
 
     def __call__(self, fn_name, args, device, *extra):
         a = args
         self.calls.append((fn_name, a.num_parts, a.num_tokens, a.output_mode, extra))
+        self.pdl.append(a.enable_pdl)
         lib = capi.lib()
         if fn_name == "merge":
             code = lib.dcpmerge_merge_cpu(ctypes.byref(a), 1)

@@ -267,3 +267,12 @@ def test_empty_step_launches_nothing(gpu):
     tl = [ft.empty((H, 0), "torch.float32")] * 2
     r = dcpmerge.merge_states(to, tl, scale=1.0)
     assert r.output.shape == (0, H, D) and gpu.calls == []
+
+
+def test_enable_pdl_reaches_the_launch_and_changes_no_result(gpu):
+    outs, lses = host_parts(2)
+    to, tl = as_tensors(outs, lses, "bf16")
+    plain = dcpmerge.merge_states(to, tl, scale=0.05)
+    pdl = dcpmerge.merge_states(to, tl, scale=0.05, enable_pdl=True)
+    assert gpu.pdl == [0, 1]
+    assert np.array_equal(pdl.output.array(), plain.output.array())

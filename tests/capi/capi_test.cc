@@ -88,6 +88,14 @@ TEST(CapiTest, MergeCpuEqualsTheReferenceAndChecksArguments) {
   EXPECT_EQ(dcpmerge_merge_cpu(&bad, 1), kInvalidArgument);
   EXPECT_THAT(Last(), HasSubstr("output_mode"));
   bad = a;
+  bad.enable_pdl = 2;
+  EXPECT_EQ(dcpmerge_merge_cpu(&bad, 1), kInvalidArgument);
+  EXPECT_THAT(Last(), HasSubstr("enable_pdl"));
+  bad = a;
+  bad.enable_pdl = 1;  // a GPU launch option: the CPU reference ignores it
+  ASSERT_EQ(dcpmerge_merge_cpu(&bad, 1), kOk) << Last();
+  EXPECT_EQ(out, testing::MergeExpected(parts, kT, kH, kD, OutputMode::kFp8PerTensor, scale).out);
+  bad = a;
   bad.out_bytes = 3;
   EXPECT_EQ(dcpmerge_merge_cpu(&bad, 1), kInvalidArgument);
   EXPECT_THAT(Last(), HasSubstr("out.bytes"));

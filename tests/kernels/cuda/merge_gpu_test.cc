@@ -92,6 +92,8 @@ struct Case {
   int part_groups = 0;   // threads per item (0: launcher's choice)
   int threads = 0;       // CTA size override (0: launcher's choice)
   int cluster = 0;       // per-token CTAs per token (0: launcher's choice)
+  bool wide = false;     // 64-bit index arithmetic where 32 bits would do
+  bool pdl = false;      // programmatic dependent launch
   float scale = 0.05f;   // static scale
   uint32_t seed = 1;
   std::string Name() const {
@@ -103,7 +105,8 @@ struct Case {
                         base == LseBase::kTwo ? "_b2" : "_be", pad ? "_pad" : "",
                         part_groups ? absl::StrCat("_P", part_groups) : "",
                         threads ? absl::StrCat("_thr", threads) : "",
-                        cluster ? absl::StrCat("_C", cluster) : "");
+                        cluster ? absl::StrCat("_C", cluster) : "", wide ? "_wide" : "",
+                        pdl ? "_pdl" : "");
   }
 };
 
@@ -359,6 +362,8 @@ void RunCase(const Case& c) {
   opt.part_groups = c.part_groups;
   opt.threads_per_cta = c.threads;
   opt.ctas_per_token = c.cluster;
+  opt.wide_index = c.wide ? 1 : 0;
+  opt.pdl = c.pdl ? 1 : 0;
 
   Outputs run[2];
   const uint8_t poison[2] = {0xA5, 0x5A};
@@ -451,6 +456,8 @@ std::vector<Case> SweepCases() {
         c.part_groups = (k % 5) == 0 ? 0 : 1 << ((k / 5) % 5);  // 1..16
         c.threads = (k % 11) == 0 ? 32 : (k % 13) == 0 ? 512 : 0;
         c.cluster = (k % 7) == 0 ? 1 + (k / 7) % 8 : 0;
+        c.wide = (k % 3) == 1;
+        c.pdl = (k % 4) == 2;
         c.scale = (k % 2) ? 0.05f : 2.0f;
         c.seed = seed++;
         out.push_back(c);
@@ -474,6 +481,7 @@ std::vector<Case> SweepCases() {
           c.h = 8;
           c.mode = mode;
           c.part_groups = groups;
+          c.wide = (k & 4) != 0;
           c.layout = (k & 1) ? LseLayout::kTokensHeads : LseLayout::kHeadsTokens;
           c.base = (k & 2) ? LseBase::kTwo : LseBase::kNatural;
           c.seed = seed++;
@@ -523,6 +531,12 @@ TEST_F(MergeGpuTest, LargeShapes) {
   h.dtype = DType::kFloat16; h.t = Quick() ? 256 : 4096; h.h = 32;
   h.mode = OutputMode::kFp8PerGroup; h.group = 64; h.n = 16;
   cases.push_back(h);
+  Case k = a;  // per token, one CTA per token, four items per thread in registers
+  k.n = 2; k.t = 300; k.h = 128; k.d = 128; k.mode = OutputMode::kFp8PerToken;
+  cases.push_back(k);
+  Case m = k;  // the same with two items per thread, 8 parts each
+  m.n = 8; m.h = 64;
+  cases.push_back(m);
   for (const Case& c : cases) {
     RunCase(c);
     if (HasFatalFailure()) return;
@@ -686,35 +700,38 @@ TEST_F(MergeGpuTest, CudaGraphPicksUpScaleChanges) {
 
   cudaStream_t stream;
   CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  cudaGraph_t graph;
-  CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
-  const absl::Status st = MergeOnGpu(a, stream);
-  CUDA_OK(cudaStreamEndCapture(stream, &graph));
-  ASSERT_TRUE(st.ok()) << st;
-  cudaGraphExec_t exec;
-  CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
+  // Plain, and with programmatic dependent launch (MergeOnGpu's enable_pdl).
+  for (const bool pdl : {false, true}) {
+    cudaGraph_t graph;
+    CUDA_OK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+    const absl::Status st = MergeOnGpu(a, stream, pdl);
+    CUDA_OK(cudaStreamEndCapture(stream, &graph));
+    ASSERT_TRUE(st.ok()) << st;
+    cudaGraphExec_t exec;
+    CUDA_OK(cudaGraphInstantiate(&exec, graph, 0));
 
-  for (float s : {1.0f, 4.0f, 0.03125f}) {
-    CUDA_OK(cudaMemcpyAsync(sc.p, &s, 4, cudaMemcpyHostToDevice, stream));
-    CUDA_OK(cudaMemsetAsync(out.p, 0xA5, n, stream));
-    CUDA_OK(cudaGraphLaunch(exec, stream));
-    CUDA_OK(cudaStreamSynchronize(stream));
-    std::vector<uint8_t> got(n), ref(n);
-    CUDA_OK(cudaMemcpy(got.data(), out.p, n, cudaMemcpyDeviceToHost));
-    host.static_scale = &s;
-    host.out = {ref.data(), static_cast<size_t>(n)};
-    ASSERT_TRUE(MergeOnCpu(host).ok());
-    int64_t far = 0;
-    for (int64_t e = 0; e < n; ++e) {
-      if (got[e] == ref[e] || (IsNanCode(got[e]) && IsNanCode(ref[e]))) continue;
-      if (IsNanCode(got[e]) || IsNanCode(ref[e]) ||
-          std::abs(CodeOrdinal(got[e]) - CodeOrdinal(ref[e])) > 1)
-        ++far;
+    for (float s : {1.0f, 4.0f, 0.03125f}) {
+      CUDA_OK(cudaMemcpyAsync(sc.p, &s, 4, cudaMemcpyHostToDevice, stream));
+      CUDA_OK(cudaMemsetAsync(out.p, 0xA5, n, stream));
+      CUDA_OK(cudaGraphLaunch(exec, stream));
+      CUDA_OK(cudaStreamSynchronize(stream));
+      std::vector<uint8_t> got(n), ref(n);
+      CUDA_OK(cudaMemcpy(got.data(), out.p, n, cudaMemcpyDeviceToHost));
+      host.static_scale = &s;
+      host.out = {ref.data(), static_cast<size_t>(n)};
+      ASSERT_TRUE(MergeOnCpu(host).ok());
+      int64_t far = 0;
+      for (int64_t e = 0; e < n; ++e) {
+        if (got[e] == ref[e] || (IsNanCode(got[e]) && IsNanCode(ref[e]))) continue;
+        if (IsNanCode(got[e]) || IsNanCode(ref[e]) ||
+            std::abs(CodeOrdinal(got[e]) - CodeOrdinal(ref[e])) > 1)
+          ++far;
+      }
+      EXPECT_EQ(far, 0) << "scale " << s << (pdl ? " with PDL" : "");
     }
-    EXPECT_EQ(far, 0) << "scale " << s;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
   }
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
   cudaStreamDestroy(stream);
 }
 
