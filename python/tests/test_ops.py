@@ -24,7 +24,8 @@ def gpu(monkeypatch):
     backend = ft.Backend()
     monkeypatch.setattr(ops, "_backend", backend)
     monkeypatch.setattr(ops, "_gpu_reason", [])
-    monkeypatch.setattr(ops, "_launch", launcher)
+    monkeypatch.setattr(ops, "_gpu_entry", launcher.entry)
+    monkeypatch.setattr(ops, "_plans", {})
     launcher.backend = backend
     return launcher
 
