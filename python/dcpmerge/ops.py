@@ -181,9 +181,12 @@ def _tensor(x: Any, name: str) -> Any:
     return x
 
 
+_DEVICE_TYPE = "cuda"  # the CPU tests run the real-torch path on "cpu" tensors (python/tests/test_ops_torch.py)
+
+
 def _cuda_device(t: Any, name: str, device: Any = None) -> Any:
     dev = t.device
-    if dev.type != "cuda":
+    if dev.type != _DEVICE_TYPE:
         raise ValueError(f"{name}: a {dev.type} tensor; the GPU merge takes CUDA tensors "
                          "(host arrays: dcpmerge.merge_states_cpu or a RankClient on the gRPC plane)")
     if device is not None and dev != device:
@@ -586,7 +589,7 @@ def _sig(t: Any) -> Any:
     if t is None:
         return None
     try:
-        return t.dtype, t.shape, t.stride(), t.get_device()
+        return t.dtype, t.shape, t.stride(), t.device
     except AttributeError:
         return t.__class__, t
 

@@ -26,6 +26,9 @@ class Device:
     def __eq__(self, other):
         return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
 
+    def __hash__(self):
+        return hash((self.type, self.index))
+
     def __str__(self):
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
@@ -64,9 +67,6 @@ class Tensor:
 
     def stride(self):
         return self._strides
-
-    def get_device(self):
-        return self.device.index if self.device.type == "cuda" else -1
 
     def data_ptr(self):
         return int(self.buf.ctypes.data) + self.offset * self.buf.itemsize
