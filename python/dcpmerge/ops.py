@@ -440,10 +440,11 @@ class _Launch:
         self.stream = _backend.raw_stream()
 
     def __call__(self) -> None:
+        index = self.index
         if self.first_token is None:
-            code = self.fn(self.addr, self.index, self.stream(self.index))
+            code = self.fn(self.addr, index, self.stream(index))
         else:
-            code = self.fn(self.addr, self.first_token, self.index, self.stream(self.index))
+            code = self.fn(self.addr, self.first_token, index, self.stream(index))
         if code:
             _raise_status(code)
 
@@ -595,9 +596,10 @@ def _sig(t: Any) -> Any:
 
 
 def _sigs(ts: Any) -> Any:
-    """_sig of one tensor, or of each of a list or tuple of them."""
-    if isinstance(ts, (list, tuple)):
-        return (ts.__class__,) + tuple([_sig(t) for t in ts])
+    """_sig of one tensor, or of each of a list or tuple of them (a tuple of
+    _sig tuples: never equal to one tensor's, which starts with a dtype)."""
+    if ts.__class__ is list or ts.__class__ is tuple:
+        return tuple(map(_sig, ts))
     return _sig(ts)
 
 
@@ -608,16 +610,18 @@ def _is_tensor_or_none(x: Any) -> bool:
 def _bind(view: Any, ts: Any, offsets: Optional[List[int]], align: int) -> bool:
     """Writes the data pointers of N parts into the c_void_p array `view`:
     from a list of tensors, or one tensor's pointer plus fixed offsets (its
-    part strides). False when one is not `align`-byte aligned."""
+    part strides). False when one is not `align`-byte aligned. (A plain
+    loop: cheaper than building a list for a slice assignment.)"""
     if offsets is None:
-        ptrs = [t.data_ptr() for t in ts]
         acc = 0
-        for p in ptrs:
+        for i, t in enumerate(ts):
+            p = t.data_ptr()
+            view[i] = p
             acc |= p
     else:
         acc = base = ts.data_ptr()  # part 0 aligned and validated offsets: every part aligned
-        ptrs = [base + o for o in offsets]
-    view[:] = ptrs
+        for i, off in enumerate(offsets):
+            view[i] = base + off
     return not acc & (align - 1)
 
 
@@ -832,13 +836,17 @@ class _AttnPlan:
         if (o | pp | sp) & 15 or (pl | sl | sc) & 3:
             return False  # the full validation raises the error a first call would
         ol = 0 if output_lse is None else output_lse.data_ptr()
-        for launch, parts, lses in ((self.merge, (pp, sp), (pl, sl)), (self.copy, (sp,), (sl,))):
-            if launch is not None:
-                a = launch.args
-                launch.part_ptrs[:] = parts
-                launch.lse_ptrs[:] = lses
-                a.out, a.static_scale, a.out_lse = o, sc, ol
-        self.run()
+        merge, copy = self.merge, self.copy
+        if merge is not None:  # written element by element: the cheapest ctypes writes
+            a, parts, lses = merge.args, merge.part_ptrs, merge.lse_ptrs
+            parts[0], parts[1], lses[0], lses[1] = pp, sp, pl, sl
+            a.out, a.static_scale, a.out_lse = o, sc, ol
+            merge()
+        if copy is not None:
+            a, parts, lses = copy.args, copy.part_ptrs, copy.lse_ptrs
+            parts[0], lses[0] = sp, sl
+            a.out, a.static_scale, a.out_lse = o, sc, ol
+            copy()
         return True
 
     def run(self) -> None:
