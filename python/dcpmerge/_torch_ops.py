@@ -19,11 +19,12 @@ from typing import Any, List, Optional
 from . import ops
 
 _registered = False
+_torch: Any = None  # the torch module, once registered (no import statement in traced code)
 
 
 def register(torch: Any) -> bool:
     """Registers the ops once; False when this PyTorch lacks custom_op."""
-    global _registered
+    global _registered, _torch
     if _registered:
         return True
     library = torch.library
@@ -57,6 +58,7 @@ def register(torch: Any) -> bool:
           power_of_two_scales, enable_pdl):
         return None
 
+    _torch = torch
     _registered = True
     return True
 
@@ -65,9 +67,7 @@ def merge_attn_states_traced(output, prefix_output, prefix_lse, suffix_output, s
                              prefill_tokens_with_context, output_scale, enable_pdl) -> None:
     """merge_attn_states while torch.compile traces: the registered op (the
     arguments are checked when the compiled graph runs it)."""
-    import torch  # noqa: PLC0415
-
-    torch.ops.dcpmerge.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse,
+    _torch.ops.dcpmerge.merge_attn_states(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse,
                                          prefill_tokens_with_context, output_scale, bool(enable_pdl))
 
 
@@ -75,8 +75,7 @@ def merge_states_traced(outputs, lses, lse_base, lse_layout, output_mode, scale,
                         out, out_scales, out_lse, return_lse, enable_pdl) -> "ops.MergeOutput":
     """merge_states while torch.compile traces: the outputs left out are
     allocated here (traced torch.empty), then the registered op fills them."""
-    import torch  # noqa: PLC0415
-
+    torch = _torch
     parts = list(outputs.unbind(0)) if isinstance(outputs, torch.Tensor) else list(outputs)
     lse_parts = list(lses.unbind(0)) if isinstance(lses, torch.Tensor) else list(lses)
     first = parts[0]

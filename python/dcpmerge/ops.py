@@ -116,8 +116,6 @@ _is_compiling: Callable[[], bool] = _never_compiling
 
 def _torch_loaded(torch: Any) -> None:
     global _is_compiling
-    from . import _torch_ops  # noqa: PLC0415
-
     if _torch_ops.register(torch):
         _is_compiling = torch.compiler.is_compiling
 
@@ -543,8 +541,6 @@ def merge_states(
       dcpmerge.Error for a launch failure.
     """
     if _is_compiling():
-        from . import _torch_ops  # noqa: PLC0415
-
         return _torch_ops.merge_states_traced(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
                                               power_of_two_scales, out, out_scales, out_lse, return_lse,
                                               enable_pdl)
@@ -794,8 +790,6 @@ def merge_attn_states(
     LSE of +inf or NaN also marks an empty part.
     """
     if _is_compiling():
-        from . import _torch_ops  # noqa: PLC0415
-
         return _torch_ops.merge_attn_states_traced(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
                                                    output_lse, prefill_tokens_with_context, output_scale,
                                                    enable_pdl)
@@ -948,3 +942,6 @@ def _plan_attn(output, prefix_output, prefix_lse, suffix_output, suffix_lse, out
                      lse_bytes)
         copy = _Launch("copy", args, dev, p)
     return _AttnPlan(merge, copy)
+
+
+from . import _torch_ops  # noqa: E402 (it imports this module; torch itself is loaded lazily)
