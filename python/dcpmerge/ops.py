@@ -408,13 +408,11 @@ def _raise_status(code: int) -> None:
 
 @functools.lru_cache(maxsize=None)
 def _gpu_entry(fn_name: str) -> Callable[..., int]:
-    """The C function of a launch, taking the argument block's address as an
-    int. Called through ctypes.PyDLL: the GIL stays held during the call
-    (a launch takes microseconds), so no other Python thread can rewrite a
-    cached argument block while the library reads it."""
+    """The C function of a launch, taking the argument block's address as a
+    plain int (cheaper to convert than a byref of the struct). A function
+    object of its own: the library's shared one keeps its declared types."""
     lib = _capi.lib()
-    fn = ctypes.PyDLL(lib._name, handle=lib._handle)[
-        "dcpmerge_merge_gpu" if fn_name == "merge" else "dcpmerge_copy_part_gpu"]
+    fn = lib["dcpmerge_merge_gpu" if fn_name == "merge" else "dcpmerge_copy_part_gpu"]
     fn.restype = _capi.i32
     fn.argtypes = ([ctypes.c_void_p, _capi.i32, ctypes.c_void_p] if fn_name == "merge" else
                    [ctypes.c_void_p, _capi.i64, _capi.i32, ctypes.c_void_p])
@@ -545,7 +543,7 @@ def merge_states(
                                               power_of_two_scales, out, out_scales, out_lse, return_lse,
                                               enable_pdl)
     try:
-        key = ("merge_states", _sigs(outputs), _sigs(lses), lse_base.__class__, lse_base, lse_layout, output_mode,
+        key = ("merge_states", _thread(), _sigs(outputs), _sigs(lses), lse_base.__class__, lse_base, lse_layout, output_mode,
                _sig(scale), group_size.__class__, group_size, bool(power_of_two_scales), _sig(out),
                _sig(out_scales), _sig(out_lse), bool(return_lse), bool(enable_pdl))
         plan = _plans.get(key)
@@ -570,7 +568,11 @@ def merge_states(
     return result
 
 
-_plans: Dict[tuple, Any] = {}  # signature -> a validated plan (_StatesPlan / _AttnPlan)
+# (op, thread, signature) -> a validated plan (_StatesPlan / _AttnPlan). Per
+# thread: a plan's argument block is written, then read by the library, and
+# another thread could run between the two.
+_plans: Dict[tuple, Any] = {}
+_thread = threading.get_ident
 _MAX_PLANS = 4096
 
 
@@ -795,7 +797,7 @@ def merge_attn_states(
                                                    enable_pdl)
     p = prefill_tokens_with_context
     try:
-        key = ("merge_attn_states", _sig(output), _sig(prefix_output), _sig(prefix_lse), _sig(suffix_output),
+        key = ("merge_attn_states", _thread(), _sig(output), _sig(prefix_output), _sig(prefix_lse), _sig(suffix_output),
                _sig(suffix_lse), _sig(output_lse), p.__class__, p, _sig(output_scale), bool(enable_pdl))
         plan = _plans.get(key)
     except (AttributeError, TypeError):  # unhashable: the full validation says what is wrong

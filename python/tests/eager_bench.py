@@ -9,7 +9,7 @@ measures the real thing):
 What runs: the package's whole Python side on real torch CPU tensors (the
 signature lookup, pointer binding, allocation, the plan), with the C
 function of the launch replaced by a no-op C function called the same way
-(libc memcmp with length 0, through ctypes.PyDLL with the same argument
+(libc memcmp with length 0, through ctypes.CDLL with the same argument
 types), so the foreign call is counted but no merge is computed. Not
 counted: reading the CUDA stream (no CUDA here; torch's raw accessor is one
 more C call on the GPU host). bf16 in, bf16 out (passthrough): Debian's
@@ -34,7 +34,7 @@ H, D = 32, 128
 
 @functools.lru_cache(maxsize=None)
 def _noop_entry(fn_name):
-    fn = ctypes.PyDLL(ctypes.util.find_library("c"))["memcmp"]
+    fn = ctypes.CDLL(ctypes.util.find_library("c"))["memcmp"]
     fn.restype = ctypes.c_int32
     # merge: (args, device 0, stream 0) -> memcmp(args, NULL, 0); copy: (args, first, 0, 0) -> n = 0 too
     fn.argtypes = ([ctypes.c_void_p, ctypes.c_int32, ctypes.c_void_p] if fn_name == "merge" else

@@ -242,3 +242,17 @@ def test_registered_ops_follow_the_torch_version():
         assert ops._is_compiling is torch.compiler.is_compiling
     else:  # e.g. Debian's 1.13: the package works, without the registered ops
         assert ops._is_compiling is ops._never_compiling
+
+
+def test_plans_are_per_thread(cpu):
+    import threading
+
+    kw = attn_inputs(5)
+    dcpmerge.merge_attn_states(**kw)
+    other = attn_inputs(6)
+    t = threading.Thread(target=lambda: dcpmerge.merge_attn_states(**other))
+    t.start()
+    t.join()
+    assert len(ops._plans) == 2  # one block per thread: no thread rewrites another's between write and launch
+    v, _ = attn_expected(other)
+    assert torch.allclose(other["output"].double(), v, rtol=2 ** -7, atol=1e-3)
