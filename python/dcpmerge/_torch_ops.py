@@ -32,6 +32,9 @@ def register(torch: Any) -> bool:
             and hasattr(getattr(torch, "compiler", None), "is_compiling")):
         return False
     Tensor = torch.Tensor
+    if hasattr(torch.ops.dcpmerge, "merge_attn_states"):  # another copy of the package registered them
+        _torch, _registered = torch, True
+        return True
 
     @library.custom_op("dcpmerge::merge_attn_states", mutates_args=("output", "output_lse"))
     def merge_attn_states(output: Tensor, prefix_output: Tensor, prefix_lse: Tensor, suffix_output: Tensor,
