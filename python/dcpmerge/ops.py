@@ -543,8 +543,8 @@ def merge_states(
                                               power_of_two_scales, out, out_scales, out_lse, return_lse,
                                               enable_pdl)
     try:
-        key = ("merge_states", _thread(), _sigs(outputs), _sigs(lses), lse_base.__class__, lse_base, lse_layout, output_mode,
-               _sig(scale), group_size.__class__, group_size, bool(power_of_two_scales), _sig(out),
+        key = ("merge_states", _thread(), _sigs(outputs), _sigs(lses), lse_base.__class__, lse_base, lse_layout,
+               output_mode, _sig(scale), group_size.__class__, group_size, bool(power_of_two_scales), _sig(out),
                _sig(out_scales), _sig(out_lse), bool(return_lse), bool(enable_pdl))
         plan = _plans.get(key)
     except (AttributeError, TypeError):  # not a tensor, unhashable: the full validation says what is wrong
@@ -797,8 +797,9 @@ def merge_attn_states(
                                                    enable_pdl)
     p = prefill_tokens_with_context
     try:
-        key = ("merge_attn_states", _thread(), _sig(output), _sig(prefix_output), _sig(prefix_lse), _sig(suffix_output),
-               _sig(suffix_lse), _sig(output_lse), p.__class__, p, _sig(output_scale), bool(enable_pdl))
+        key = ("merge_attn_states", _thread(), _sig(output), _sig(prefix_output), _sig(prefix_lse),
+               _sig(suffix_output), _sig(suffix_lse), _sig(output_lse), p.__class__, p, _sig(output_scale),
+               bool(enable_pdl))
         plan = _plans.get(key)
     except (AttributeError, TypeError):  # unhashable: the full validation says what is wrong
         key = plan = None
