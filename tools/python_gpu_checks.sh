@@ -4,7 +4,9 @@
 # tools/build_wheel.sh into a scratch directory and runs
 # python/tests/gpu/gpu_checks.py with the host's python3 (which must import
 # torch with CUDA). Carry dist/dcpmerge-*.whl, python/tests/gpu/ and this
-# script. About a minute on an H200.
+# script. About a minute on an H200 for gpu_checks.py; the vLLM grid after
+# it is 2,592 cases plus a timing row per shape (its time not measured yet;
+# GRID_TIMEOUT, default 900 s).
 #
 #   tools/python_gpu_checks.sh              # logs to ${OUT:-gpu-logs}/python_gpu_checks.log
 #   PYTHON=/path/to/python3 SITE=/tmp/site tools/python_gpu_checks.sh
