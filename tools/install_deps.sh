@@ -26,6 +26,7 @@ PACKAGES=(
   python3-pip            # the Python package's tests: pip installs the wheel
   python3-pytest
   python3-numpy
+  python3-torch          # the eager path on real (CPU) tensors: python/tests/test_ops_torch.py
 )
 
 missing=()

@@ -19,6 +19,7 @@ from .admin import Admin, DrainResult, LatencySummary, Member, ServerConfig, Sta
 from .client import DeviceMerge, MergeResult, RankClient, Session
 from .config import GroupConfig
 from .errors import Error, GpuUnavailableError, StatusCode
+from . import flashinfer_compat, ops
 from .ops import MAX_PARTS, MergeOutput, gpu_available, gpu_unavailable_reason, merge_attn_states, merge_states
 from .reference import merge_states_cpu
 
@@ -46,6 +47,8 @@ def _version() -> str:
 
 
 __version__ = _version()
+
+ops._load_torch_if_imported()  # registers torch.ops.dcpmerge.* now when PyTorch is already loaded
 
 
 def library_info() -> dict:

@@ -25,9 +25,11 @@ CUDA) every call raises GpuUnavailableError saying why;
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
+import sys
 import threading
-from typing import Any, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from . import _capi
 from .config import DTYPE_CODE, DTYPE_SIZE, LSE_BASE_CODE, LSE_LAYOUT_CODE, OUTPUT_MODE_CODE
@@ -68,6 +70,8 @@ class _TorchBackend:
                 self._torch = torch
             except Exception as e:  # ImportError, or a broken install
                 self._error = f"PyTorch is not installed or cannot be imported ({e})"
+            else:
+                _torch_loaded(torch)
         return self._torch
 
     def unavailable(self) -> Optional[str]:
@@ -82,11 +86,45 @@ class _TorchBackend:
         torch = self.torch()
         return torch.full((1,), value, dtype=torch.float32, device=device)
 
-    def stream(self, device: Any) -> int:
-        return self.torch().cuda.current_stream(device).cuda_stream
+    def allocator(self, shape: Tuple[int, ...], dtype_name: str, device: Any) -> Callable[[], Any]:
+        """A call that allocates like empty(shape, dtype_name, device), with
+        the lookups done once (the cached plans allocate per call)."""
+        torch = self.torch()
+        return functools.partial(torch.empty, shape, dtype=getattr(torch, dtype_name.split(".", 1)[1]),
+                                 device=device)
+
+    def raw_stream(self) -> Callable[[int], int]:
+        """device index -> the current cudaStream_t as an int. PyTorch's raw
+        accessor skips building a torch.cuda.Stream per call (~5 us)."""
+        torch = self.torch()
+        raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+        return raw if raw is not None else lambda index: torch.cuda.current_stream(index).cuda_stream
 
 
 _backend = _TorchBackend()
+
+
+def _never_compiling() -> bool:
+    return False
+
+
+# torch.compiler.is_compiling once PyTorch is loaded (and has it): while
+# Dynamo traces, the public functions call the registered torch ops instead
+# of the ctypes fast path, which it cannot trace.
+_is_compiling: Callable[[], bool] = _never_compiling
+
+
+def _torch_loaded(torch: Any) -> None:
+    global _is_compiling
+    if _torch_ops.register(torch):
+        _is_compiling = torch.compiler.is_compiling
+
+
+def _load_torch_if_imported() -> None:
+    """Registers the torch ops at `import dcpmerge` when the process already
+    imported PyTorch (otherwise at the first merge call, which loads it)."""
+    if "torch" in sys.modules:
+        _backend.torch()
 _gpu_lock = threading.Lock()
 _gpu_reason: Optional[List[str]] = None  # None: not checked yet; []: usable
 
@@ -141,9 +179,12 @@ def _tensor(x: Any, name: str) -> Any:
     return x
 
 
+_DEVICE_TYPE = "cuda"  # the CPU tests run the real-torch path on "cpu" tensors (python/tests/test_ops_torch.py)
+
+
 def _cuda_device(t: Any, name: str, device: Any = None) -> Any:
     dev = t.device
-    if dev.type != "cuda":
+    if dev.type != _DEVICE_TYPE:
         raise ValueError(f"{name}: a {dev.type} tensor; the GPU merge takes CUDA tensors "
                          "(host arrays: dcpmerge.merge_states_cpu or a RankClient on the gRPC plane)")
     if device is not None and dev != device:
@@ -277,7 +318,7 @@ class _Parts:
 
 
 def _lse_parts(lses: Any, n: int, T: int, H: int, layout: str, device: Any, name: str) -> List[int]:
-    shape2 = (H, T) if layout == "heads_tokens" else (T, H)
+    shape2 = _lse_shape(layout, T, H)
     if _is_tensor(lses):
         t = lses
         _cuda_device(t, name, device)
@@ -321,6 +362,12 @@ def _scale_pointer(scale: Any, device: Any, name: str) -> Tuple[int, Any]:
         ptr = int(scale.data_ptr())
         _aligned(ptr, 4, name)
         return ptr, scale
+    t = _backend.scalar(_scale_value(scale, name), device)
+    return int(t.data_ptr()), t
+
+
+def _scale_value(scale: Any, name: str) -> float:
+    """A per-tensor scale given as a Python number, checked."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{name}: expected a float or a one-element torch.float32 CUDA tensor, got "
                         f"{type(scale).__name__}")
@@ -328,8 +375,20 @@ def _scale_pointer(scale: Any, device: Any, name: str) -> Tuple[int, Any]:
     if not (math.isfinite(value) and _MIN_SCALE <= value <= _MAX_SCALE):
         raise ValueError(f"{name}: {value!r}; a per-tensor FP8 scale must be finite and > 0 "
                          "(a normal float, 2^-126 .. 2^126)")
-    t = _backend.scalar(value, device)
-    return int(t.data_ptr()), t
+    return value
+
+
+def _scales_shape(output_mode: str, T: int, H: int, D: int, group_size: int) -> Optional[Tuple[int, ...]]:
+    """The dynamic scales' shape, None for modes without them."""
+    if output_mode == "fp8_per_token":
+        return (T,)
+    if output_mode == "fp8_per_group":
+        return (T, H, D // group_size)
+    return None
+
+
+def _lse_shape(lse_layout: str, T: int, H: int) -> Tuple[int, int]:
+    return (H, T) if lse_layout == "heads_tokens" else (T, H)
 
 
 def _out_buffer(t: Any, name: str, device: Any, dtype_name: str, shape: Tuple[int, ...]) -> int:
@@ -341,18 +400,49 @@ def _out_buffer(t: Any, name: str, device: Any, dtype_name: str, shape: Tuple[in
     return int(t.data_ptr())
 
 
-def _launch(fn_name: str, args: _capi.MergeArgs, device: Any, *extra: int) -> None:
-    lib = _capi.lib()
-    stream = _backend.stream(device)
-    index = device.index if device.index is not None else 0
-    if fn_name == "merge":
-        code = lib.dcpmerge_merge_gpu(ctypes.byref(args), index, stream)
-    else:
-        code = lib.dcpmerge_copy_part_gpu(ctypes.byref(args), extra[0], index, stream)
+def _raise_status(code: int) -> None:
     if code == StatusCode.INVALID_ARGUMENT:
         raise ValueError(_capi.last_message())
-    if code != 0:
-        raise Error(code, _capi.last_message())
+    raise Error(code, _capi.last_message())
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_entry(fn_name: str) -> Callable[..., int]:
+    """The C function of a launch, taking the argument block's address as a
+    plain int (cheaper to convert than a byref of the struct). A function
+    object of its own: the library's shared one keeps its declared types."""
+    lib = _capi.lib()
+    fn = lib["dcpmerge_merge_gpu" if fn_name == "merge" else "dcpmerge_copy_part_gpu"]
+    fn.restype = _capi.i32
+    fn.argtypes = ([ctypes.c_void_p, _capi.i32, ctypes.c_void_p] if fn_name == "merge" else
+                   [ctypes.c_void_p, _capi.i64, _capi.i32, ctypes.c_void_p])
+    return fn
+
+
+class _Launch:
+    """One launch with its C ABI argument block built once; a call writes
+    only the data pointers (and the stream), then makes one foreign call."""
+
+    __slots__ = ("args", "addr", "part_ptrs", "lse_ptrs", "fn", "first_token", "index", "stream")
+
+    def __init__(self, fn_name: str, args: _capi.MergeArgs, device: Any, first_token: int = 0) -> None:
+        self.args = args
+        self.addr = ctypes.addressof(args)
+        self.part_ptrs = args._keep[0]  # the c_void_p arrays args.partial_out / partial_lse point at
+        self.lse_ptrs = args._keep[1]
+        self.fn = _gpu_entry(fn_name)
+        self.first_token = first_token if fn_name == "copy" else None
+        self.index = device.index if device.index is not None else 0
+        self.stream = _backend.raw_stream()
+
+    def __call__(self) -> None:
+        index = self.index
+        if self.first_token is None:
+            code = self.fn(self.addr, index, self.stream(index))
+        else:
+            code = self.fn(self.addr, self.first_token, index, self.stream(index))
+        if code:
+            _raise_status(code)
 
 
 def _args(n: int, T: int, H: int, D: int, dtype: str, lse_base: str, lse_layout: str, mode: str,
@@ -448,13 +538,137 @@ def merge_states(
       TypeError / ValueError naming the argument; GpuUnavailableError;
       dcpmerge.Error for a launch failure.
     """
+    if _is_compiling():
+        return _torch_ops.merge_states_traced(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
+                                              power_of_two_scales, out, out_scales, out_lse, return_lse,
+                                              enable_pdl)
+    try:
+        key = ("merge_states", _thread(), _sigs(outputs), _sigs(lses), lse_base.__class__, lse_base, lse_layout,
+               output_mode, _sig(scale), group_size.__class__, group_size, bool(power_of_two_scales), _sig(out),
+               _sig(out_scales), _sig(out_lse), bool(return_lse), bool(enable_pdl))
+        plan = _plans.get(key)
+    except (AttributeError, TypeError):  # not a tensor, unhashable: the full validation says what is wrong
+        key = plan = None
+    if plan is not None:
+        result = plan(outputs, lses, scale, out, out_scales, out_lse)
+        if result is not None:
+            return result
+    # First call with this signature (or a pointer the plan cannot take):
+    # validate everything, launch, and keep the plan for the next call.
     _require_gpu("merge_states")
     args, dev, result = _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
                                               power_of_two_scales, out, out_scales, out_lse, return_lse)
-    if args is not None:
-        args.enable_pdl = 1 if enable_pdl else 0
-        _launch("merge", args, dev)
+    if args is None:
+        return result
+    args.enable_pdl = 1 if enable_pdl else 0
+    launch = _Launch("merge", args, dev)
+    launch()
+    if key is not None and _is_tensor_or_none(scale):  # a float scale is copied to the device per call
+        _remember(key, _StatesPlan(launch, outputs, lses, out, out_scales, out_lse, result, dev))
     return result
+
+
+# (op, thread, signature) -> a validated plan (_StatesPlan / _AttnPlan). Per
+# thread: a plan's argument block is written, then read by the library, and
+# another thread could run between the two.
+_plans: Dict[tuple, Any] = {}
+_thread = threading.get_ident
+_MAX_PLANS = 4096
+
+
+def _remember(key: tuple, plan: Any) -> None:
+    if len(_plans) >= _MAX_PLANS:  # a workload with ever-new shapes: start over rather than grow
+        _plans.clear()
+    _plans[key] = plan
+
+
+def _sig(t: Any) -> Any:
+    """What a tensor's validation depends on, all but its data pointer;
+    anything else (None, a float scale) is its own key, with its type."""
+    if t is None:
+        return None
+    try:
+        return t.dtype, t.shape, t.stride(), t.device
+    except AttributeError:
+        return t.__class__, t
+
+
+def _sigs(ts: Any) -> Any:
+    """_sig of one tensor, or of each of a list or tuple of them (a tuple of
+    _sig tuples: never equal to one tensor's, which starts with a dtype)."""
+    if ts.__class__ is list or ts.__class__ is tuple:
+        return tuple(map(_sig, ts))
+    return _sig(ts)
+
+
+def _is_tensor_or_none(x: Any) -> bool:
+    return x is None or _is_tensor(x)
+
+
+def _bind(view: Any, ts: Any, offsets: Optional[List[int]], align: int) -> bool:
+    """Writes the data pointers of N parts into the c_void_p array `view`:
+    from a list of tensors, or one tensor's pointer plus fixed offsets (its
+    part strides). False when one is not `align`-byte aligned. (A plain
+    loop: cheaper than building a list for a slice assignment.)"""
+    if offsets is None:
+        acc = 0
+        for i, t in enumerate(ts):
+            p = t.data_ptr()
+            view[i] = p
+            acc |= p
+    else:
+        acc = base = ts.data_ptr()  # part 0 aligned and validated offsets: every part aligned
+        for i, off in enumerate(offsets):
+            view[i] = base + off
+    return not acc & (align - 1)
+
+
+def _part_offsets(ts: Any, ptrs: Sequence[int]) -> Optional[List[int]]:
+    return None if not _is_tensor(ts) else [p - ptrs[0] for p in ptrs]
+
+
+class _StatesPlan:
+    """merge_states for one validated signature: per call, the pointers
+    (alignment re-checked), the outputs left out allocated, one launch."""
+
+    __slots__ = ("launch", "part_offsets", "lse_offsets", "alloc", "want_scales", "want_lse")
+
+    def __init__(self, launch: _Launch, outputs: Any, lses: Any, out: Any, out_scales: Any, out_lse: Any,
+                 result: MergeOutput, dev: Any) -> None:
+        self.launch = launch
+        self.part_offsets = _part_offsets(outputs, list(launch.part_ptrs))
+        self.lse_offsets = _part_offsets(lses, list(launch.lse_ptrs))
+        self.want_scales = result.scales is not None
+        self.want_lse = result.lse is not None
+        # Allocations of the outputs the caller left out (None: passed in).
+        self.alloc = tuple(None if given is not None or got is None else
+                           _backend.allocator(tuple(got.shape), str(got.dtype), dev)
+                           for given, got in ((out, result.output), (out_scales, result.scales),
+                                              (out_lse, result.lse)))
+
+    def __call__(self, outputs: Any, lses: Any, scale: Any, out: Any, out_scales: Any,
+                 out_lse: Any) -> Optional[MergeOutput]:
+        launch, a = self.launch, self.launch.args
+        alloc_out, alloc_scales, alloc_lse = self.alloc
+        if alloc_out is not None:
+            out = alloc_out()
+        if alloc_scales is not None:
+            out_scales = alloc_scales()
+        if alloc_lse is not None:
+            out_lse = alloc_lse()
+        o = out.data_ptr()
+        sp = 0 if scale is None else scale.data_ptr()
+        if not (_bind(launch.part_ptrs, outputs, self.part_offsets, 16)
+                and _bind(launch.lse_ptrs, lses, self.lse_offsets, 4)) or o & 15 or sp & 3:
+            return None  # the full validation raises the error a first call would
+        a.out = o
+        a.static_scale = sp
+        if self.want_scales:
+            a.out_scales = out_scales.data_ptr()
+        if self.want_lse:
+            a.out_lse = out_lse.data_ptr()
+        launch()
+        return MergeOutput(out, out_scales if self.want_scales else None, out_lse if self.want_lse else None)
 
 
 def _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scale, group_size,
@@ -497,8 +711,8 @@ def _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scal
     out_bytes = T * H * D * (1 if output_mode != "passthrough" else DTYPE_SIZE[parts.dtype])
 
     scales_ptr, scales_bytes = 0, 0
-    if output_mode in ("fp8_per_token", "fp8_per_group"):
-        sshape = (T,) if output_mode == "fp8_per_token" else (T, H, D // group_size)
+    sshape = _scales_shape(output_mode, T, H, D, group_size)
+    if sshape is not None:
         if out_scales is None:
             out_scales = _backend.empty(sshape, "torch.float32", dev)
         scales_ptr = _out_buffer(out_scales, "out_scales", dev, "torch.float32", sshape)
@@ -508,7 +722,7 @@ def _prepare_merge_states(outputs, lses, lse_base, lse_layout, output_mode, scal
 
     lse_ptr, lse_bytes = 0, 0
     if out_lse is not None or return_lse:
-        lshape = (H, T) if lse_layout == "heads_tokens" else (T, H)
+        lshape = _lse_shape(lse_layout, T, H)
         if out_lse is None:
             out_lse = _backend.empty(lshape, "torch.float32", dev)
         lse_ptr = _out_buffer(out_lse, "out_lse", dev, "torch.float32", lshape)
@@ -577,6 +791,72 @@ def merge_attn_states(
     (values beyond the FP8 range saturate to +-448, NaN stays NaN), and an
     LSE of +inf or NaN also marks an empty part.
     """
+    if _is_compiling():
+        return _torch_ops.merge_attn_states_traced(output, prefix_output, prefix_lse, suffix_output, suffix_lse,
+                                                   output_lse, prefill_tokens_with_context, output_scale,
+                                                   enable_pdl)
+    p = prefill_tokens_with_context
+    try:
+        key = ("merge_attn_states", _thread(), _sig(output), _sig(prefix_output), _sig(prefix_lse),
+               _sig(suffix_output), _sig(suffix_lse), _sig(output_lse), p.__class__, p, _sig(output_scale),
+               bool(enable_pdl))
+        plan = _plans.get(key)
+    except (AttributeError, TypeError):  # unhashable: the full validation says what is wrong
+        key = plan = None
+    if plan is not None and plan(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse,
+                                 output_scale):
+        return
+    # First call with this signature (or a pointer the plan cannot take):
+    # validate everything, launch, and keep the plan for the next call.
+    plan = _plan_attn(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse, p, output_scale,
+                      enable_pdl)
+    if plan is not None:
+        plan.run()
+        if key is not None:
+            _remember(key, plan)
+
+
+class _AttnPlan:
+    """merge_attn_states for one validated signature: the merge launch
+    and/or the suffix copy (prefill_tokens_with_context), sharing pointers."""
+
+    __slots__ = ("merge", "copy")
+
+    def __init__(self, merge: Optional[_Launch], copy: Optional[_Launch]) -> None:
+        self.merge, self.copy = merge, copy
+
+    def __call__(self, output: Any, prefix: Any, prefix_lse: Any, suffix: Any, suffix_lse: Any, output_lse: Any,
+                 scale: Any) -> bool:
+        o, pp, sp = output.data_ptr(), prefix.data_ptr(), suffix.data_ptr()
+        pl, sl = prefix_lse.data_ptr(), suffix_lse.data_ptr()
+        sc = 0 if scale is None else scale.data_ptr()
+        if (o | pp | sp) & 15 or (pl | sl | sc) & 3:
+            return False  # the full validation raises the error a first call would
+        ol = 0 if output_lse is None else output_lse.data_ptr()
+        merge, copy = self.merge, self.copy
+        if merge is not None:  # written element by element: the cheapest ctypes writes
+            a, parts, lses = merge.args, merge.part_ptrs, merge.lse_ptrs
+            parts[0], parts[1], lses[0], lses[1] = pp, sp, pl, sl
+            a.out, a.static_scale, a.out_lse = o, sc, ol
+            merge()
+        if copy is not None:
+            a, parts, lses = copy.args, copy.part_ptrs, copy.lse_ptrs
+            parts[0], lses[0] = sp, sl
+            a.out, a.static_scale, a.out_lse = o, sc, ol
+            copy()
+        return True
+
+    def run(self) -> None:
+        if self.merge is not None:
+            self.merge()
+        if self.copy is not None:
+            self.copy()
+
+
+def _plan_attn(output, prefix_output, prefix_lse, suffix_output, suffix_lse, output_lse, prefill_tokens_with_context,
+               output_scale, enable_pdl) -> Optional[_AttnPlan]:
+    """Validates merge_attn_states' arguments: its launches with these
+    tensors' pointers, or None when there is nothing to launch (T = 0)."""
     _require_gpu("merge_attn_states")
     out = _tensor(output, "output")
     if len(out.shape) != 3:
@@ -644,10 +924,11 @@ def merge_attn_states(
             raise ValueError(f"prefill_tokens_with_context: {prefill_tokens_with_context} < 0")
         p = min(prefill_tokens_with_context, T)
     if T == 0:
-        return
+        return None
 
     prefix_ptr, suffix_ptr = parts.ptrs
     lse_ptrs = [int(prefix_lse.data_ptr()), int(suffix_lse.data_ptr())]
+    merge = copy = None
     if p > 0:
         # Every token merged (tokens >= p are rewritten right after, on the
         # same stream: the kernel's LSE indexing has no token offset).
@@ -655,11 +936,15 @@ def merge_attn_states(
                      parts.span_bytes, parts.ts, parts.hs, scale_ptr, out_ptr, out_bytes, 0, 0, lse_ptr,
                      lse_bytes)
         args.enable_pdl = 1 if enable_pdl else 0
-        _launch("merge", args, dev)
+        merge = _Launch("merge", args, dev)
     if p < T:
         # Tokens without prefix context: the suffix as it is (a one-part
         # merge, quantized when FP8), and its LSE.
         args = _args(1, T, H, D, dtype, "e", layout, mode, 128, False, [suffix_ptr], lse_ptrs[1:],
                      parts.span_bytes, parts.ts, parts.hs, scale_ptr, out_ptr, out_bytes, 0, 0, lse_ptr,
                      lse_bytes)
-        _launch("copy", args, dev, p)
+        copy = _Launch("copy", args, dev, p)
+    return _AttnPlan(merge, copy)
+
+
+from . import _torch_ops  # noqa: E402 (it imports this module; torch itself is loaded lazily)

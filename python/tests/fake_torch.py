@@ -26,6 +26,9 @@ class Device:
     def __eq__(self, other):
         return isinstance(other, Device) and (self.type, self.index) == (other.type, other.index)
 
+    def __hash__(self):
+        return hash((self.type, self.index))
+
     def __str__(self):
         return self.type if self.index is None else f"{self.type}:{self.index}"
 
@@ -35,6 +38,12 @@ class Device:
 class DType:
     def __init__(self, name):
         self.name = name
+
+    def __eq__(self, other):
+        return isinstance(other, DType) and self.name == other.name
+
+    def __hash__(self):
+        return hash(self.name)
 
     def __str__(self):
         return self.name
@@ -105,28 +114,33 @@ class Backend:
     def scalar(self, value, device):
         return tensor(np.array([value], np.float32), device=device)
 
-    def stream(self, device):
-        return 0
+    def allocator(self, shape, dtype_name, device):
+        return lambda: self.empty(shape, dtype_name, device)
+
+    def raw_stream(self):
+        return lambda index: 0
 
 
 class CpuLauncher:
-    """ops._launch on the CPU; records every launch."""
+    """ops._gpu_entry on the CPU: the C functions' stand-ins run the CPU
+    reference on the argument block; records every launch."""
 
     def __init__(self):
         self.calls = []
         self.pdl = []  # enable_pdl of each launch
 
-    def __call__(self, fn_name, args, device, *extra):
+    def entry(self, fn_name):
+        if fn_name == "merge":
+            return lambda addr, index, stream: self.run(fn_name, capi.MergeArgs.from_address(addr))
+        return lambda addr, first, index, stream: self.run(fn_name, capi.MergeArgs.from_address(addr), first)
+
+    def run(self, fn_name, args, *extra):
         a = args
         self.calls.append((fn_name, a.num_parts, a.num_tokens, a.output_mode, extra))
         self.pdl.append(a.enable_pdl)
         lib = capi.lib()
         if fn_name == "merge":
-            code = lib.dcpmerge_merge_cpu(ctypes.byref(a), 1)
-            if code == 3:
-                raise ValueError(capi.last_message())
-            capi.check(code)
-            return
+            return lib.dcpmerge_merge_cpu(ctypes.byref(a), 1)
         # The copy: tokens [first, T) of part 0 through a one-part merge.
         first = extra[0]
         T, H, D = a.num_tokens, a.num_heads, a.head_size
@@ -154,7 +168,9 @@ class CpuLauncher:
         sub.out = a.out + first * H * D * out_elem
         sub.out_bytes = n * H * D * out_elem
         sub.out_lse, sub.out_lse_bytes = None, 0
-        capi.check(lib.dcpmerge_merge_cpu(ctypes.byref(sub), 1))
+        code = lib.dcpmerge_merge_cpu(ctypes.byref(sub), 1)
+        if code:
+            return code
         if a.out_lse:
             src = np.ctypeslib.as_array((ctypes.c_float * (T * H)).from_address(a.partial_lse[0]))
             dst = np.ctypeslib.as_array((ctypes.c_float * (T * H)).from_address(a.out_lse))
@@ -162,3 +178,4 @@ class CpuLauncher:
                 dst.reshape(H, T)[:, first:] = src.reshape(H, T)[:, first:]
             else:
                 dst.reshape(T, H)[first:] = src.reshape(T, H)[first:]
+        return 0

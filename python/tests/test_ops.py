@@ -24,7 +24,8 @@ def gpu(monkeypatch):
     backend = ft.Backend()
     monkeypatch.setattr(ops, "_backend", backend)
     monkeypatch.setattr(ops, "_gpu_reason", [])
-    monkeypatch.setattr(ops, "_launch", launcher)
+    monkeypatch.setattr(ops, "_gpu_entry", launcher.entry)
+    monkeypatch.setattr(ops, "_plans", {})
     launcher.backend = backend
     return launcher
 
@@ -276,3 +277,16 @@ def test_enable_pdl_reaches_the_launch_and_changes_no_result(gpu):
     pdl = dcpmerge.merge_states(to, tl, scale=0.05, enable_pdl=True)
     assert gpu.pdl == [0, 1]
     assert np.array_equal(pdl.output.array(), plain.output.array())
+
+
+def test_flashinfer_merge_state_fp8_out(gpu):
+    # FP8 (not in Debian's torch 1.13, hence fake tensors): FlashInfer's layout
+    # and base 2, quantized per tensor into the given out.
+    outs, lses = host_parts(2, "fp16", "tokens_heads", seed=21)
+    (va, vb), (sa, sb) = as_tensors(outs, lses, "fp16")
+    out = ft.empty((T, H, D), "torch.float8_e4m3fn")
+    v, s = dcpmerge.flashinfer_compat.merge_state(va, sa, vb, sb, out=out, scale=0.02)
+    cpu = dcpmerge.merge_states_cpu(outs, lses, lse_base="2", lse_layout="tokens_heads", scale=0.02, return_lse=True)
+    assert v is out and np.array_equal(out.array(), cpu.output) and np.array_equal(s.array(), cpu.lse)
+    with pytest.raises(ValueError, match="scale: required when out is torch.float8_e4m3fn"):
+        dcpmerge.flashinfer_compat.merge_state(va, sa, vb, sb, out=out)

@@ -68,18 +68,26 @@ def test_errors_carry_code_and_message():
 @pytest.mark.skipif(os.environ.get("DCPMERGE_EXPECT_INSTALLED") != "1", reason="testing the source tree")
 def test_installed_wheel_loads_its_own_libraries():
     """The wheel's gRPC / protobuf / abseil, not the system's: what makes it
-    run on a host without them."""
-    import dcpmerge._capi as capi
+    run on a host without them. In a fresh interpreter: a process that
+    imported Debian's torch first (test_ops_torch.py) already holds the
+    system's libprotobuf.so.32, and the loader reuses a loaded SONAME."""
+    code = """
+import os, sys
+from pathlib import Path
+import dcpmerge._capi as capi
 
-    lib_dir = Path(capi.lib()._name).resolve().parent
-    assert lib_dir.name == "lib" and lib_dir.parent.name == "dcpmerge"
-    assert str(ROOT) not in str(lib_dir), "loaded from the checkout, not from the installed wheel"
-    maps = Path("/proc/self/maps").read_text().splitlines()
-    loaded = {line.split()[-1] for line in maps if ".so" in line}
-    for prefix in ("libgrpc++.so", "libgrpc.so", "libprotobuf.so", "libabsl_base.so", "libcares.so",
-                   "libre2.so", "libupb.so"):
-        paths = [p for p in loaded if os.path.basename(p).startswith(prefix)]
-        assert paths, f"{prefix} not loaded"
-        assert all(Path(p).resolve().parent == lib_dir for p in paths), paths
-    # Nothing of CUDA's shared runtime or NCCL: the runtime is static, NCCL loads on use.
-    assert not [p for p in loaded if "libcudart.so" in p or "libnccl" in p]
+lib_dir = Path(capi.lib()._name).resolve().parent
+assert lib_dir.name == "lib" and lib_dir.parent.name == "dcpmerge"
+assert sys.argv[1] not in str(lib_dir), "loaded from the checkout, not from the installed wheel"
+maps = Path("/proc/self/maps").read_text().splitlines()
+loaded = {line.split()[-1] for line in maps if ".so" in line}
+for prefix in ("libgrpc++.so", "libgrpc.so", "libprotobuf.so", "libabsl_base.so", "libcares.so",
+               "libre2.so", "libupb.so"):
+    paths = [p for p in loaded if os.path.basename(p).startswith(prefix)]
+    assert paths, f"{prefix} not loaded"
+    assert all(Path(p).resolve().parent == lib_dir for p in paths), paths
+# Nothing of CUDA's shared runtime or NCCL: the runtime is static, NCCL loads on use.
+assert not [p for p in loaded if "libcudart.so" in p or "libnccl" in p]
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, env=os.environ)
+    assert out.returncode == 0, out.stderr

@@ -15,6 +15,11 @@ Checks (each prints PASS / FAIL / SKIP with its reason):
   bad_input           real tensors: each bad argument raises before launch
   graph_*             captured in torch.cuda.graph, replayed with new scales
                       (and new inputs) between replays
+  torch_ops_*         torch >= 2.4: torch.library.opcheck of torch.ops.dcpmerge.*,
+                      torch.compile(fullgraph=True) puts the ops in the graph
+                      with eager's results, mode="reduce-overhead" replays
+  flashinfer_compat   dcpmerge.flashinfer_compat against a float64 base-2 merge
+  eager_timing        host us per eager call against torch.add(out=) (issue 19)
   nccl_rank_client    only with DCPMERGE_SERVER_CMD (a dcpmerge_server
                       command, e.g. "dist/gpu-bundle/run.sh dcpmerge_server")
                       and two GPUs: a rank's CUDA tensors over the NCCL plane
@@ -401,6 +406,171 @@ def check_nccl():
     return "1 rank + server over NCCL on 2 GPUs"
 
 
+# ------------------------------------------- registered ops, torch.compile ---
+
+def _ops_registered():
+    if not hasattr(torch.library, "custom_op"):
+        return ("SKIP", f"torch {torch.__version__} has no torch.library.custom_op (2.4+): no registered ops")
+    if not hasattr(torch.ops.dcpmerge, "merge_attn_states"):
+        raise AssertionError("torch has custom_op but torch.ops.dcpmerge.merge_attn_states is not registered")
+    return None
+
+
+def _attn_case(T=16, H=8, D=128, fp8=True, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    prefix = torch.randn((T, H, D), generator=g, device="cuda").to(torch.bfloat16)
+    suffix = torch.randn((T, H, D), generator=g, device="cuda").to(torch.bfloat16)
+    p_lse = torch.randn((H, T), generator=g, device="cuda")
+    s_lse = torch.randn((H, T), generator=g, device="cuda")
+    output = torch.empty((T, H, D), device="cuda", dtype=FP8 if fp8 else torch.bfloat16)
+    output_lse = torch.empty((H, T), device="cuda")
+    scale = torch.tensor([0.05], device="cuda") if fp8 else None
+    return output, prefix, p_lse, suffix, s_lse, output_lse, scale
+
+
+@check("torch_ops_opcheck")
+def check_opcheck():
+    skip = _ops_registered()
+    if skip:
+        return skip
+    n = 0
+    for fp8, p in ((True, None), (False, 7), (True, 0)):
+        output, prefix, p_lse, suffix, s_lse, output_lse, scale = _attn_case(fp8=fp8, seed=n)
+        torch.library.opcheck(torch.ops.dcpmerge.merge_attn_states,
+                              (output, prefix, p_lse, suffix, s_lse, output_lse, p, scale, False))
+        n += 1
+    T, H, D = 8, 4, 128
+    outs, lses = make_inputs(3, T, H, D, torch.bfloat16, "heads_tokens", seed=5, empties=False)
+    for mode in ("fp8_per_tensor", "fp8_per_token", "passthrough"):
+        out = torch.empty((T, H, D), device="cuda", dtype=torch.bfloat16 if mode == "passthrough" else FP8)
+        scales = torch.empty((T,), device="cuda") if mode == "fp8_per_token" else None
+        scale = torch.tensor([0.05], device="cuda") if mode == "fp8_per_tensor" else None
+        torch.library.opcheck(torch.ops.dcpmerge.merge_states,
+                              (list(outs.unbind(0)), list(lses.unbind(0)), scale, out, scales,
+                               torch.empty((H, T), device="cuda"), "e", "heads_tokens", mode, 128, False, False))
+        n += 1
+    return f"{n} samples (schema, fake, autograd registration, AOT dispatch)"
+
+
+class _GraphRecorder:
+    """A torch.compile backend that keeps the FX graphs Dynamo hands over."""
+
+    def __init__(self):
+        self.graphs = []
+
+    def __call__(self, gm, example_inputs):
+        self.graphs.append(gm)
+        return gm.forward
+
+    def targets(self):
+        return {str(n.target) for gm in self.graphs for n in gm.graph.nodes if n.op == "call_function"}
+
+
+@check("torch_compile_fullgraph")
+def check_compile_fullgraph():
+    skip = _ops_registered()
+    if skip:
+        return skip
+    torch._dynamo.reset()
+    output, prefix, p_lse, suffix, s_lse, output_lse, scale = _attn_case(seed=11)
+
+    def attn(output, prefix, p_lse, suffix, s_lse, output_lse, scale):
+        dcpmerge.merge_attn_states(output, prefix * 1, p_lse, suffix, s_lse, output_lse, 12, scale)
+        return output_lse + 0
+
+    def states(outs, lses, scale):
+        r = dcpmerge.merge_states(outs, lses, scale=scale, return_lse=True)
+        return r.output, r.lse * 1
+
+    rec = _GraphRecorder()
+    got_lse = torch.compile(attn, fullgraph=True, backend=rec)(output, prefix, p_lse, suffix, s_lse, output_lse, scale)
+    want = torch.empty_like(output)
+    want_lse = torch.empty_like(output_lse)
+    dcpmerge.merge_attn_states(want, prefix, p_lse, suffix, s_lse, want_lse, 12, scale)
+    torch.cuda.synchronize()
+    if not torch.equal(output.view(torch.uint8), want.view(torch.uint8)) or not torch.equal(got_lse, want_lse):
+        raise AssertionError("compiled merge_attn_states differs from eager")
+    if not any("dcpmerge.merge_attn_states" in t for t in rec.targets()):
+        raise AssertionError(f"the op is not in the graph: {sorted(rec.targets())}")
+    outs, lses = make_inputs(4, 16, 8, 128, torch.bfloat16, "heads_tokens", seed=12, empties=False)
+    rec2 = _GraphRecorder()
+    o, l = torch.compile(states, fullgraph=True, backend=rec2)(outs, lses, scale)
+    e = dcpmerge.merge_states(outs, lses, scale=scale, return_lse=True)
+    torch.cuda.synchronize()
+    if not torch.equal(o.view(torch.uint8), e.output.view(torch.uint8)) or not torch.equal(l, e.lse):
+        raise AssertionError("compiled merge_states differs from eager")
+    if not any("dcpmerge.merge_states" in t for t in rec2.targets()):
+        raise AssertionError(f"the op is not in the graph: {sorted(rec2.targets())}")
+    # The default (inductor) backend too, end to end.
+    torch._dynamo.reset()
+    o3, l3 = torch.compile(states, fullgraph=True)(outs, lses, scale)
+    torch.cuda.synchronize()
+    if not torch.equal(o3.view(torch.uint8), e.output.view(torch.uint8)) or not torch.equal(l3, e.lse):
+        raise AssertionError("inductor-compiled merge_states differs from eager")
+    return "both ops in the fullgraph FX graphs; results equal eager (recording backend and inductor)"
+
+
+@check("torch_compile_reduce_overhead")
+def check_compile_cudagraphs():
+    skip = _ops_registered()
+    if skip:
+        return skip
+    torch._dynamo.reset()
+    T, H, D = 32, 8, 128
+
+    def step(outs, lses, scale):
+        return dcpmerge.merge_states(outs, lses, scale=scale).output
+
+    fn = torch.compile(step, mode="reduce-overhead", fullgraph=True)
+    scale = torch.tensor([0.05], device="cuda")
+    for i, s in enumerate((0.05, 0.05, 0.05, 0.11, 0.02)):  # warm-up, record, then replays
+        outs, lses = make_inputs(3, T, H, D, torch.bfloat16, "heads_tokens", seed=40 + i, empties=False)
+        scale.fill_(s)
+        got = fn(outs, lses, scale).clone()
+        torch.cuda.synchronize()
+        ref, _ = ref_merge(outs, lses, "e", "heads_tokens")
+        assert_fp8_close(got, torch.tensor(s, dtype=torch.float64), ref, f"call {i} scale {s}")
+    return "5 calls (CUDA graph replays with new inputs and scales) within one FP8 step"
+
+
+@check("flashinfer_compat")
+def check_flashinfer_compat():
+    from dcpmerge import flashinfer_compat as fi  # noqa: PLC0415
+
+    T, H, D = 37, 8, 128
+    n = 0
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        g = torch.Generator(device="cuda").manual_seed(n)
+        va, vb = (torch.randn((T, H, D), generator=g, device="cuda").to(dtype) for _ in range(2))
+        sa, sb = (torch.randn((T, H), generator=g, device="cuda") * 4 for _ in range(2))
+        ref, ref_s = ref_merge(torch.stack([va, vb]), torch.stack([sa, sb]), "2", "tokens_heads")
+        rtol = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11, torch.float32: 1e-5}[dtype]
+        v, s = fi.merge_state(va, sa, vb, sb)
+        torch.cuda.synchronize()
+        assert_close(v, ref, rtol, 1e-5, f"merge_state {dtype}")
+        assert_close(s, ref_s, 1e-5, 1e-5, f"merge_state {dtype} lse")
+        scale = torch.tensor([0.02], device="cuda")
+        v8, _ = fi.merge_state(va, sa, vb, sb, out=torch.empty((T, H, D), device="cuda", dtype=FP8), scale=scale)
+        torch.cuda.synchronize()
+        assert_fp8_close(v8, scale.double(), ref, f"merge_state fp8 {dtype}")
+        vi, si = va.clone(), sa.clone()
+        mask = torch.arange(T, device="cuda") % 3 != 0
+        fi.merge_state_in_place(vi, si, vb, sb, mask)
+        torch.cuda.synchronize()
+        keep = mask.view(-1, 1)
+        assert_close(vi, torch.where(keep.unsqueeze(-1), ref, va.double()), rtol, 1e-5, f"in place {dtype}")
+        assert_close(si, torch.where(keep, ref_s, sa.double()), 1e-5, 1e-5, f"in place {dtype} lse")
+        v4 = torch.randn((T, 5, H, D), generator=g, device="cuda").to(dtype)
+        s4 = torch.randn((T, 5, H), generator=g, device="cuda") * 4
+        vm, sm = fi.merge_states(v4, s4)
+        torch.cuda.synchronize()
+        ref4, ref4_s = ref_merge(v4.transpose(0, 1), s4.transpose(0, 1), "2", "tokens_heads")
+        assert_close(vm, ref4, rtol, 1e-5, f"merge_states {dtype}")
+        assert_close(sm, ref4_s, 1e-5, 1e-5, f"merge_states {dtype} lse")
+        n += 1
+    return f"merge_state (+FP8), merge_state_in_place (mask), merge_states (5 states) x {n} dtypes, base 2"
+
+
 # --------------------------------------------------------------- timing ---
 
 def torch_merge(outs, lses, scale):
@@ -478,13 +648,58 @@ def check_timing():
     return f"{len(table)} rows (table below)"
 
 
+def host_us(fn, iters=2000, rounds=5):
+    """Host microseconds per call (min over rounds), synchronising between
+    rounds so the launch queue never fills."""
+    fn()
+    torch.cuda.synchronize()
+    best = math.inf
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / iters * 1e6)
+        torch.cuda.synchronize()
+    return best
+
+
+eager_table = []  # (T, attn, states, op, add, torch ops)
+
+
+@check("eager_timing")
+def check_eager_timing():
+    """Issue 19's table: host us per eager call, T = 1, 8, 64, 1024; H = 32;
+    D = 128; bf16 -> FP8, against torch.add(out=) on [32,128] bf16."""
+    H, D = 32, 128
+    x = torch.randn((32, 128), device="cuda").to(torch.bfloat16)
+    y, o = x.clone(), x.clone()
+    op = getattr(torch.ops.dcpmerge, "merge_attn_states", None) if hasattr(torch.library, "custom_op") else None
+    for T in (1, 8, 64, 1024):
+        output, prefix, p_lse, suffix, s_lse, _, scale = _attn_case(T=T, H=H, D=D, seed=T)
+        parts, lses = [prefix, suffix], [p_lse, s_lse]
+        add = host_us(lambda: torch.add(x, y, out=o))
+        attn = host_us(lambda: dcpmerge.merge_attn_states(output, prefix, p_lse, suffix, s_lse, None, None, scale))
+        states = host_us(lambda: dcpmerge.merge_states(parts, lses, scale=scale, out=output))
+        via_op = (host_us(lambda: op(output, prefix, p_lse, suffix, s_lse, None, None, scale, False))
+                  if op is not None else float("nan"))
+        both, lse2 = torch.stack(parts), torch.stack(lses)
+        plain = host_us(lambda: torch_merge(both, lse2, scale), iters=500)
+        eager_table.append((T, attn, states, via_op, add, plain))
+    worst = max(max(r[1], r[2]) / r[4] for r in eager_table)
+    if worst > 2.0:
+        raise AssertionError(f"eager host time is {worst:.2f}x torch.add(out=) at worst; the target is 2x "
+                             "(table below)")
+    return f"worst {worst:.2f}x torch.add(out=) (table below)"
+
+
 def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_checks: torch.cuda.is_available() is False; these checks need a GPU", file=sys.stderr)
         return 2
     t0 = time.monotonic()
     for fn in (check_library, check_merge_states, check_pow2_padded, check_merge_attn_states, check_bad_input,
-               check_graph_merge_states, check_graph_attn, check_nccl, check_timing):
+               check_graph_merge_states, check_graph_attn, check_nccl, check_opcheck, check_compile_fullgraph,
+               check_compile_cudagraphs, check_flashinfer_compat, check_timing, check_eager_timing):
         fn()
         if fn is check_library and results[-1][1] == "FAIL":
             break
@@ -496,6 +711,14 @@ def main() -> int:
               f"{'torch host':>10} {'torch strm':>10}")
         for name, ch, cs, ph, ps, th, ts in table:
             print(f"{name:<44} {ch:9.2f} {cs:9.2f} {ph:9.2f} {ps:9.2f} {ph - ch:8.2f} {th:10.2f} {ts:10.2f}")
+    if eager_table:
+        print("\neager host us per call (T tokens, H 32, D 128, bf16 -> FP8; torch.add(x, y, out=o) on [32,128] bf16; "
+              "the op: torch.ops.dcpmerge.merge_attn_states through the dispatcher)")
+        print(f"{'T':>5} {'merge_attn_states':>17} {'merge_states':>12} {'x add':>6} {'the op':>7} {'add':>6} "
+              f"{'torch ops':>9}")
+        for T, attn, states, via_op, add, plain in eager_table:
+            print(f"{T:>5} {attn:17.2f} {states:12.2f} {max(attn, states) / add:6.2f} {via_op:7.2f} {add:6.2f} "
+                  f"{plain:9.2f}")
     passed = sum(1 for r in results if r[1] == "PASS")
     failed = sum(1 for r in results if r[1] == "FAIL")
     skipped = sum(1 for r in results if r[1] == "SKIP")
