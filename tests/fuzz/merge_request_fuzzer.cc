@@ -4,8 +4,8 @@
 // whose checks against the group configuration are the validation; complete
 // steps go to a backend that checks the merge's arguments and touches every
 // byte they span, as a kernel would (AddressSanitizer sees any part shorter
-// than the configuration says), and every answer is cut by FillResponse, as
-// the plane writes it back.
+// than the configuration says), and every answer is serialized by
+// SerializeResponse and read back, as the plane writes it and a rank reads it.
 //
 // Input: one byte choosing the group configuration (MergeConfigs, modulo their
 // count), then MergeRequests in protobuf's delimited format (a varint
@@ -28,6 +28,7 @@
 #include "base/log.h"
 #include "common/group_spec.h"
 #include "dcpmerge/v1/data.pb.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/util/delimited_message_util.h"
 #include "kernels/merge_contract.h"
@@ -76,7 +77,12 @@ std::vector<std::unique_ptr<Env>> MakeEnvs() {
 class CheckingBackend : public ComputeBackend {
  public:
   std::string name() const override { return "fuzz"; }
-  absl::Status Merge(const MergeArgs& args) override {
+  // As the CPU backend: the parts are read where they lie, and the merge
+  // runs on the thread that completes the step (no merge thread to wait on).
+  absl::StatusOr<std::unique_ptr<Staging>> BeginStep(int, size_t, size_t) override { return nullptr; }
+  absl::Status StagePart(Staging*, int, const void*, const void*) override { return absl::OkStatus(); }
+  bool MergesInline(const MergeShape&) const override { return true; }
+  absl::Status MergeStaged(const MergeArgs& args, Staging*, DeviceTimes*) override {
     const absl::Status valid = ValidateMergeArgs(args);
     FUZZ_CHECK(valid.ok(), valid.ToString());
     uint8_t sum = 0;
@@ -101,6 +107,21 @@ int64_t ScaleCount(const GroupSpec& spec, int64_t t, int64_t heads) {
     case OutputMode::kFp8PerGroup: return t * heads * (spec.head_size / spec.merge.group_size);
     default: return 0;
   }
+}
+
+// The answer the gRPC plane writes for `rank`, read back as a rank reads it.
+v1::MergeResponse Answer(std::shared_ptr<const StepResult> result, int32_t rank) {
+  uint64_t payload_bytes = 0;
+  const grpc::ByteBuffer wire = SerializeResponse(std::move(result), rank, &payload_bytes);
+  std::vector<grpc::Slice> slices;
+  FUZZ_CHECK(wire.Dump(&slices).ok(), "the answer's bytes");
+  std::string bytes;
+  for (const grpc::Slice& slice : slices) bytes.append(reinterpret_cast<const char*>(slice.begin()), slice.size());
+  v1::MergeResponse resp;
+  FUZZ_CHECK(resp.ParseFromString(bytes), "the answer parses");
+  FUZZ_CHECK(payload_bytes == resp.output().size() + resp.lse().size() + 4 * resp.scales_size(),
+             "the answer's payload bytes");
+  return resp;
 }
 
 // One submitted part and what became of it.
@@ -136,8 +157,7 @@ void CheckMerged(const Sent& sent) {
   if (spec.merge.output_mode == OutputMode::kFp8PerTensor) {
     FUZZ_CHECK(r.scales[0] == r.config->ScaleForLayer(h.layer()), who);
   }
-  v1::MergeResponse resp;
-  FillResponse(r, h.rank(), &resp);
+  const v1::MergeResponse resp = Answer(sent.result, h.rank());
   const int64_t slice = spec.head_slice ? heads / spec.num_parts : heads;
   FUZZ_CHECK(resp.status_code() == 0 && resp.head_count() == slice &&
                  resp.head_begin() == (spec.head_slice ? h.rank() * slice : 0),
@@ -200,8 +220,7 @@ void FuzzOne(const uint8_t* data, size_t size) {
     FUZZ_CHECK(s.answers == 1, absl::StrCat("step ", s.header.step(), " rank ", s.header.rank(), " answered ",
                                             s.answers, " times"));
     if (!s.result->status.ok()) {
-      v1::MergeResponse resp;
-      FillResponse(*s.result, s.header.rank(), &resp);
+      const v1::MergeResponse resp = Answer(s.result, s.header.rank());
       FUZZ_CHECK(resp.status_code() != 0 && resp.output().empty() && resp.scales_size() == 0 && resp.lse().empty(),
                  s.result->status.ToString());
       continue;
