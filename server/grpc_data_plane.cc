@@ -30,7 +30,7 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
       : plane_(plane), context_(context), token_rank_(token_rank), state_(std::make_shared<StreamState>()) {
     absl::MutexLock lock(&state_->mu);
     state_->reactor = this;
-    opened_ = last_activity_ = absl::Now();
+    last_activity_ = absl::Now();
   }
 
   // Accepted: start reading.
@@ -314,7 +314,6 @@ class GrpcDataPlane::Reactor : public grpc::ServerBidiReactor<grpc::ByteBuffer, 
   uint64_t write_bytes_ ABSL_GUARDED_BY(mu_) = 0;
   int32_t rank_ ABSL_GUARDED_BY(mu_) = -1;
   uint64_t session_ ABSL_GUARDED_BY(mu_) = 0;
-  absl::Time opened_ ABSL_GUARDED_BY(mu_);
   absl::Time last_activity_ ABSL_GUARDED_BY(mu_);
 };
 

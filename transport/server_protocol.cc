@@ -38,16 +38,6 @@ constexpr SizeField kSizeFields[] = {
     {"out_lse_bytes", &StepHeader::out_lse_bytes, &PayloadSizes::out_lse},
 };
 
-PayloadSizes Declared(const StepHeader& h) {
-  PayloadSizes s;
-  s.partial_out = h.partial_out_bytes;
-  s.partial_lse = h.partial_lse_bytes;
-  s.out = h.out_bytes;
-  s.out_scales = h.out_scale_bytes;
-  s.out_lse = h.out_lse_bytes;
-  return s;
-}
-
 absl::Status Violation(int rank, const std::string& what) {
   return absl::UnavailableError(
       absl::StrCat("protocol violation by rank ", rank, ": ", what));
@@ -80,6 +70,16 @@ bool SameConfig(const ProtocolConfig& a, const ProtocolConfig& b) {
 }
 
 }  // namespace
+
+PayloadSizes DeclaredSizes(const StepHeader& h) {
+  PayloadSizes s;
+  s.partial_out = h.partial_out_bytes;
+  s.partial_lse = h.partial_lse_bytes;
+  s.out = h.out_bytes;
+  s.out_scales = h.out_scale_bytes;
+  s.out_lse = h.out_lse_bytes;
+  return s;
+}
 
 absl::Status ServerProtocol::Validate(const ProtocolConfig& config,
                                       const StepHeader* h, int n) {
@@ -442,7 +442,7 @@ absl::StatusOr<StepOutcome> ServerProtocol::ServeStep(
   outcome.num_tokens = headers[0].num_tokens;
   outcome.header_wait = t1 - t0;
   std::vector<PayloadSizes> declared;
-  for (int r = 0; r < n; ++r) declared.push_back(Declared(headers[r]));
+  for (int r = 0; r < n; ++r) declared.push_back(DeclaredSizes(headers[r]));
 
   // 3. Payloads: received, or drained if the step is rejected.
   if (!fixed) {

@@ -116,6 +116,9 @@ struct StepOutcome {
   absl::Duration step_time;  // headers in -> responses delivered
 };
 
+// The five payload sizes a rank's header declares.
+PayloadSizes DeclaredSizes(const StepHeader& header);
+
 class ServerProtocol {
  public:
   // `transport` must have num_parties == config.num_parts + 1 and rank ==

@@ -40,16 +40,6 @@ PayloadSizes Expected(const ProtocolConfig& c, int r, int64_t t) {
   return s;
 }
 
-PayloadSizes Declared(const StepHeader& h) {
-  PayloadSizes s;
-  s.partial_out = h.partial_out_bytes;
-  s.partial_lse = h.partial_lse_bytes;
-  s.out = h.out_bytes;
-  s.out_scales = h.out_scale_bytes;
-  s.out_lse = h.out_lse_bytes;
-  return s;
-}
-
 bool Within(const PayloadSizes& a, const PayloadSizes& b) {
   return a.partial_out <= b.partial_out && a.partial_lse <= b.partial_lse && a.out <= b.out &&
          a.out_scales <= b.out_scales && a.out_lse <= b.out_lse;
@@ -84,7 +74,7 @@ void CheckStep(const ProtocolConfig& c, const StepHeader* h) {
   if (!absl::IsUnavailable(s)) {
     for (int r = 0; r < n; ++r) {
       FUZZ_CHECK(CheckStepFraming(h[r]).ok(), s.ToString());
-      FUZZ_CHECK(Within(Declared(h[r]), Expected(c, r, c.max_tokens)),
+      FUZZ_CHECK(Within(DeclaredSizes(h[r]), Expected(c, r, c.max_tokens)),
                  absl::StrCat("rank ", r, " declares more than max_tokens allows, yet: ", s.ToString()));
     }
   }
@@ -97,7 +87,7 @@ void CheckStep(const ProtocolConfig& c, const StepHeader* h) {
     FUZZ_CHECK(h[r].step_id == h[0].step_id && h[r].layer_id == h[0].layer_id && h[r].num_tokens == t,
                absl::StrCat("rank ", r, " disagrees with rank 0"));
     FUZZ_CHECK(h[r].config_version == 0 || h[r].config_version == c.config_version, absl::StrCat("rank ", r));
-    FUZZ_CHECK(Declared(h[r]) == Expected(c, r, t), absl::StrCat("rank ", r, "'s sizes, num_tokens ", t));
+    FUZZ_CHECK(DeclaredSizes(h[r]) == Expected(c, r, t), absl::StrCat("rank ", r, "'s sizes, num_tokens ", t));
   }
 }
 

@@ -25,9 +25,7 @@
 #include <tuple>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "base/heap.h"
@@ -41,6 +39,7 @@
 #include "gtest/gtest.h"
 #include "server/grpc_data_plane.h"
 #include "server/merge_server.h"
+#include "server/metrics/process_metrics.h"
 #include "tests/server/server_harness.h"
 #include "tests/server/test_config.h"
 #include "tests/server/test_data.h"
@@ -57,26 +56,11 @@ constexpr char kToken[] = "hardening-admin-token";
 constexpr char kSecret[] = "group-join-secret-0123456789";
 constexpr int kH = 2, kD = 64;
 
-int64_t RssBytes() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    int64_t kib = 0;
-    if (line.rfind("VmRSS:", 0) == 0 && absl::SimpleAtoi(absl::StripAsciiWhitespace(line.substr(6, line.size() - 9)), &kib)) {
-      return kib << 10;
-    }
-  }
-  return -1;
-}
-
-int ThreadCount() {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line)) {
-    int n = 0;
-    if (line.rfind("Threads:", 0) == 0 && absl::SimpleAtoi(line.substr(8), &n)) return n;
-  }
-  return -1;
+// This process's resident bytes and threads (the metrics' own reader).
+metrics::ProcessStats Process() {
+  absl::StatusOr<metrics::ProcessStats> st = metrics::ReadProcessStats();
+  EXPECT_TRUE(st.ok()) << st.status();
+  return st.value_or(metrics::ProcessStats{});
 }
 
 std::string Bearer(const std::string& s) { return absl::StrCat("Bearer ", s); }
@@ -436,7 +420,7 @@ TEST_F(HardeningTest, IdleStreamsCostNoThreadsAndAreBounded) {
   o.max_streams = 150;
   o.stream_bind_timeout = absl::Milliseconds(1500);
   Start(o);
-  const int threads_before = ThreadCount();
+  const int threads_before = static_cast<int>(Process().threads);
   constexpr int kConnections = 4, kPerConnection = 50;  // 200 streams
   std::vector<std::unique_ptr<testing::RawHttp2>> conns;
   for (int c = 0; c < kConnections; ++c) {
@@ -469,7 +453,7 @@ TEST_F(HardeningTest, IdleStreamsCostNoThreadsAndAreBounded) {
     }
   }
   EXPECT_EQ(refused, 50);
-  const int threads_with_streams = ThreadCount();
+  const int threads_with_streams = static_cast<int>(Process().threads);
   std::printf("threads: %d before, %d with 150 idle streams open (50 refused)\n", threads_before,
               threads_with_streams);
   EXPECT_LT(threads_with_streams - threads_before, 20) << "before " << threads_before << ", with 150 idle streams "
@@ -527,12 +511,7 @@ TEST_F(HardeningTest, FreedHeapBeyondTheRetainedPoolIsReturned) {
   o.heap_retain_bytes = 2 << 20;
   Start(o);
   auto ranks = JoinAll("");
-  auto rss_mib = [] {
-    std::ifstream in("/proc/self/statm");
-    long pages = 0, resident = 0;
-    in >> pages >> resident;
-    return resident * (sysconf(_SC_PAGESIZE) / 1024.0) / 1024.0;
-  };
+  auto rss_mib = [] { return Process().resident_bytes / 1048576.0; };
   // A burst: 8 steps at once per rank, 1 MiB parts.
   std::vector<std::thread> th;
   for (int r = 0; r < 4; ++r) {
@@ -982,14 +961,14 @@ TEST_F(HardeningTest, LyingPrefixResetsAreSeenAtOnceAndTheGroupRecovers) {
       if (parts_failed.load() > 0) break;  // the group is broken until the ranks join again
     }
   });
-  const int64_t rss_before = RssBytes();
+  const int64_t rss_before = static_cast<int64_t>(Process().resident_bytes);
   testing::RawHttp2 h;
   ASSERT_TRUE(h.Connect(server_->rank_port()));
   ASSERT_TRUE(h.OpenStream(1, "/dcpmerge.v1.MergeData/MergeStream", {{"authorization", Bearer(RankToken(kSecret, 0))}}));
   ASSERT_TRUE(h.SendData(1, testing::RawHttp2::GrpcPrefix(0x7FFFFFFFu)));
   const uint64_t sent = h.SendWithinWindow(1, uint64_t{1} << 30, absl::Seconds(2));
   const testing::RawHttp2::StreamEnd end = h.WaitStreamEnd(1, absl::Seconds(2));
-  const int64_t rss_growth = RssBytes() - rss_before;
+  const int64_t rss_growth = static_cast<int64_t>(Process().resident_bytes) - rss_before;
   h.Close();
   absl::SleepFor(absl::Milliseconds(300));
   stop = true;
